@@ -1,0 +1,1 @@
+"""Broker side: Mosquitto configs, a private Mosquitto launcher, and the bus surface."""

@@ -1,0 +1,285 @@
+"""One small publish/subscribe surface over MQTT, or over an in-process bus.
+
+The producer, projector and gateway talk to a ``Bus``. ``connect(url)`` gives
+an MQTT client (aiomqtt) for ``mqtt://`` and ``mqtts://`` URLs, or the
+in-process bus for ``memory://`` (the demo's fallback when no Mosquitto
+binary exists). Both keep MQTT's semantics that the project relies on:
+retained messages delivered on subscribe, ``+`` and ``#`` wildcards, per
+publisher order, and a last will published when a client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
+MAX_INCOMING = 0
+"""aiomqtt's incoming queue bound; 0 is unbounded: MQTT flow control bounds it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool = False
+    ack: Callable[[], object] | None = field(default=None, compare=False, repr=False)
+    """With ``connect(manual_ack=True)``: send this QoS 1 message's PUBACK. Call it
+    once the message is safely handled, in the order messages arrived; until
+    then the broker redelivers the message after a reconnect."""
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = True
+    qos: int = 1
+
+
+class Bus(Protocol):
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None: ...
+
+    async def subscribe(self, pattern: str, *, qos: int = 1) -> None: ...
+
+    def messages(self) -> AsyncIterator[Message]: ...
+
+
+class BrokerUrlError(ValueError):
+    """A broker URL that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    scheme: str
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @property
+    def is_memory(self) -> bool:
+        return self.scheme == "memory"
+
+    def url(self) -> str:
+        if self.is_memory:
+            return f"memory://{self.host}"
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+def parse_url(
+    url: str,
+    *,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> BrokerAddress:
+    """Parse ``mqtt://[user[:password]@]host[:port]``, ``mqtts://...`` or ``memory://name``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "memory"):
+        raise BrokerUrlError(f"{url}: broker URL must start with mqtt://, mqtts:// or memory://")
+    if parts.scheme == "memory":
+        return BrokerAddress("memory", parts.netloc or "default", 0)
+    if not parts.hostname:
+        raise BrokerUrlError(f"{url}: broker URL has no host")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise BrokerUrlError(f"{url}: bad port") from exc
+    default = DEFAULT_TLS_PORT if parts.scheme == "mqtts" else DEFAULT_PORT
+    return BrokerAddress(
+        parts.scheme,
+        parts.hostname,
+        port or default,
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password else None,
+        ca_file,
+        cert_file,
+        key_file,
+    )
+
+
+# -- MQTT ------------------------------------------------------------------
+
+
+class MqttBus:
+    """A ``Bus`` over one aiomqtt client."""
+
+    def __init__(self, client: aiomqtt.Client, *, manual_ack: bool = False) -> None:
+        self.client = client
+        self.manual_ack = manual_ack
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        await self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    async def subscribe(self, pattern: str, *, qos: int = 1) -> None:
+        await self.client.subscribe(pattern, qos=qos)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        async for message in self.client.messages:
+            payload = message.payload
+            data = payload if isinstance(payload, bytes) else str(payload).encode()
+            ack = None
+            if self.manual_ack and message.qos > 0:
+                # aiomqtt does not expose paho's manual acknowledgement; its client does.
+                ack = functools.partial(self.client._client.ack, message.mid, message.qos)
+            yield Message(message.topic.value, data, bool(message.retain), ack)
+
+
+def _tls(address: BrokerAddress) -> aiomqtt.TLSParameters | None:
+    if address.scheme != "mqtts":
+        return None
+    return aiomqtt.TLSParameters(
+        ca_certs=address.ca_file,
+        certfile=address.cert_file,
+        keyfile=address.key_file,
+        cert_reqs=ssl.CERT_REQUIRED,
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+
+
+# -- in-process ------------------------------------------------------------
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """MQTT topic filter matching with ``+`` and ``#``."""
+    pat = pattern.split("/")
+    top = topic.split("/")
+    for i, part in enumerate(pat):
+        if part == "#":
+            return True
+        if i >= len(top):
+            return False
+        if part != "+" and part != top[i]:
+            return False
+    return len(pat) == len(top)
+
+
+@dataclass
+class _Hub:
+    retained: dict[str, bytes] = field(default_factory=dict)
+    clients: set[MemoryBus] = field(default_factory=set)
+
+
+_HUBS: dict[str, _Hub] = {}
+
+
+class MemoryBus:
+    """A ``Bus`` inside this process: every client of one hub name sees the others."""
+
+    def __init__(self, hub: _Hub, will: Will | None) -> None:
+        self._hub = hub
+        self._will = will
+        self._patterns: list[str] = []
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        if retain:
+            if payload:
+                self._hub.retained[topic] = payload
+            else:
+                self._hub.retained.pop(topic, None)
+        for client in list(self._hub.clients):
+            if any(topic_matches(p, topic) for p in client._patterns):
+                client._queue.put_nowait(Message(topic, payload, False))
+
+    async def subscribe(self, pattern: str, *, qos: int = 1) -> None:
+        self._patterns.append(pattern)
+        for topic, payload in list(self._hub.retained.items()):
+            if topic_matches(pattern, topic):
+                self._queue.put_nowait(Message(topic, payload, True))
+
+    async def messages(self) -> AsyncIterator[Message]:
+        while True:
+            yield await self._queue.get()
+
+    async def _close(self, *, clean: bool) -> None:
+        self._hub.clients.discard(self)
+        if not clean and self._will is not None:
+            await self.publish(
+                self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain
+            )
+
+
+@asynccontextmanager
+async def connect(
+    address: BrokerAddress | str,
+    *,
+    client_id: str | None = None,
+    clean_session: bool = True,
+    will: Will | None = None,
+    keepalive: int = 10,
+    max_inflight: int = 100,
+    manual_ack: bool = False,
+) -> AsyncIterator[Bus]:
+    """Connect to the broker; the bus is closed (will published if unclean) on exit.
+
+    ``manual_ack``: QoS 1 messages are acknowledged only when the receiver calls
+    ``Message.ack`` (the in-process bus has no acknowledgements: ``ack`` is None).
+    """
+    if isinstance(address, str):
+        address = parse_url(address)
+    if address.is_memory:
+        hub = _HUBS.setdefault(address.host, _Hub())
+        bus = MemoryBus(hub, will)
+        hub.clients.add(bus)
+        clean = False
+        try:
+            yield bus
+            clean = True
+        finally:
+            await bus._close(clean=clean)
+        return
+    client = aiomqtt.Client(
+        address.host,
+        address.port,
+        identifier=client_id or f"chequered-{uuid.uuid4().hex[:12]}",
+        username=address.username,
+        password=address.password,
+        clean_session=clean_session,
+        keepalive=keepalive,
+        will=aiomqtt.Will(will.topic, will.payload, will.qos, will.retain) if will else None,
+        tls_params=_tls(address),
+        max_queued_incoming_messages=MAX_INCOMING,
+        max_inflight_messages=max_inflight,
+    )
+    if manual_ack:
+        client._client.manual_ack_set(True)
+    async with client:
+        _no_delay(client)
+        yield MqttBus(client, manual_ack=manual_ack)
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Turn Nagle's algorithm off on the client's socket (paho leaves it on).
+
+    With it on, a QoS 1 publish written while the previous packet is still
+    unacknowledged waits for the peer's delayed TCP ACK (40 ms on Linux): a
+    consumer that acknowledges, then publishes, then waits for PUBACK would
+    crawl at a few hundred messages per second.
+    """
+    setsockopt = getattr(client._client.socket(), "setsockopt", None)
+    if setsockopt is not None:
+        with contextlib.suppress(OSError):
+            setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,1 @@
+"""The consuming side: the standings fold, the projector, the websocket gateway and widget."""

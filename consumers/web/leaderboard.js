@@ -1,0 +1,751 @@
+/*
+ * <live-leaderboard>: a live timing screen for one race, fed by the chequered gateway.
+ *
+ * One script tag and one element:
+ *   <script src="http://HOST:PORT/leaderboard.js"></script>
+ *   <live-leaderboard race="alms-2013-monterey-race" class="GT"></live-leaderboard>
+ * The element subscribes over the gateway's websocket (snapshot, then deltas with
+ * seq/prev_seq), reconnects by itself, and resubscribes when it notices a gap.
+ * docs/WIDGET.md lists its attributes, styling hooks and data attributes.
+ */
+(() => {
+  "use strict";
+
+  const SCRIPT = document.currentScript;
+  const BASE = new URL(".", SCRIPT && SCRIPT.src ? SCRIPT.src : location.href);
+
+  const RECONNECT_MIN_MS = 500;
+  const RECONNECT_MAX_MS = 15000;
+  const PING_EVERY_MS = 15000;
+  const SILENCE_LIMIT_MS = 45000; // no frame for this long: the connection is presumed dead
+  const RESUBSCRIBE_UNKNOWN_MS = 5000; // the race may not have started yet
+  const CLOCK_TICK_MS = 250;
+  const RENDER_FALLBACK_MS = 250;
+  const FLASH_MS = 1400; // as long as the flash animations in leaderboard.css
+
+  const FLAGS = {
+    green: "GREEN FLAG",
+    fcy: "FULL COURSE YELLOW",
+    red: "RED FLAG",
+    chequered: "CHEQUERED FLAG",
+  };
+
+  // Columns: key, heading, and when they hide: narrow false under 600px, "mid" under 440px
+  // (the class then still shows as the colour bar beside the car number).
+  const COLUMNS = [
+    { key: "pos", head: "Pos", title: "Overall position" },
+    { key: "pic", head: "PIC", title: "Position in class", narrow: "mid" },
+    { key: "car", head: "No.", title: "Car number" },
+    { key: "cls", head: "Class", narrow: "mid" },
+    { key: "team", head: "Team", narrow: false },
+    { key: "driver", head: "Driver" },
+    { key: "laps", head: "Laps", narrow: "mid" },
+    { key: "gap", head: "Gap", title: "Gap to the leader" },
+    { key: "int", head: "Int", title: "Interval to the car ahead", narrow: false },
+    { key: "last", head: "Last" },
+    { key: "best", head: "Best", narrow: false },
+    { key: "sectors", head: "Sectors", narrow: false },
+    { key: "pits", head: "Pits", title: "Pit stops", narrow: false },
+    { key: "pit", head: "Pit", title: "In pit lane / out lap" },
+    { key: "stint", head: "Stint", title: "Laps in this stint", narrow: false },
+    { key: "gained", head: "+/-", title: "Places gained since the start", narrow: false },
+    { key: "status", head: "Status", narrow: false },
+  ];
+
+  // -- formatting ---------------------------------------------------------
+
+  function lapTime(ms) {
+    if (ms === null || ms === undefined) return "";
+    const minutes = Math.floor(ms / 60000);
+    const seconds = ((ms % 60000) / 1000).toFixed(3).padStart(6, "0");
+    return minutes ? `${minutes}:${seconds}` : (ms / 1000).toFixed(3);
+  }
+
+  function gapText(ms, laps) {
+    if (laps) return `+${laps} ${laps === 1 ? "lap" : "laps"}`;
+    if (ms === null || ms === undefined) return "";
+    return `+${lapTime(ms)}`;
+  }
+
+  function clockText(ms) {
+    if (ms === null || ms === undefined) return "--:--:--";
+    const total = Math.max(0, Math.floor(ms / 1000));
+    const h = Math.floor(total / 3600);
+    const m = String(Math.floor((total % 3600) / 60)).padStart(2, "0");
+    const s = String(total % 60).padStart(2, "0");
+    return `${h}:${m}:${s}`;
+  }
+
+  function classSlug(cls) {
+    return String(cls).replace(/[^A-Za-z0-9_-]/g, "_");
+  }
+
+  function wsUrl(server, token) {
+    let url;
+    if (server) {
+      url = new URL(server, location.href);
+    } else {
+      url = new URL("ws", BASE);
+    }
+    if (url.protocol === "http:") url.protocol = "ws:";
+    if (url.protocol === "https:") url.protocol = "wss:";
+    if (url.pathname === "/" || url.pathname === "") url.pathname = "/ws";
+    if (token) url.searchParams.set("token", token);
+    return url.toString();
+  }
+
+  function backoff(attempt) {
+    const ceiling = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** attempt);
+    return ceiling * (0.5 + Math.random() * 0.5); // jitter: clients do not come back in step
+  }
+
+  const TEMPLATE = `
+    <div class="board" part="board" data-flag="green">
+      <header class="head" part="header">
+        <div class="title">
+          <span class="name" part="name">Live timing</span>
+          <span class="conn" part="connection" title="Connection"></span>
+          <span class="partial" part="partial" hidden>PARTIAL</span>
+        </div>
+        <div class="facts">
+          <span class="fact"><small>Clock</small><b class="clock">--:--:--</b></span>
+          <span class="fact"><small>Remaining</small><b class="remaining">--:--:--</b></span>
+          <span class="fact"><small>Lap</small><b class="lap">-</b></span>
+          <span class="fact"><small>Replay</small><b class="speed">-</b></span>
+        </div>
+      </header>
+      <div class="flag" part="flag" role="status"></div>
+      <nav class="tabs" part="tabs" role="tablist"></nav>
+      <div class="message" part="message" hidden></div>
+      <div class="scroll">
+        <table class="grid" part="table">
+          <thead><tr></tr></thead>
+          <tbody></tbody>
+        </table>
+      </div>
+    </div>`;
+
+  class LiveLeaderboard extends HTMLElement {
+    static get observedAttributes() {
+      return ["race", "class", "race-class", "server", "token", "hide-tabs"];
+    }
+
+    constructor() {
+      super();
+      this._root = this.attachShadow({ mode: "open" });
+      const link = document.createElement("link");
+      link.rel = "stylesheet";
+      link.href = new URL("leaderboard.css", BASE).toString();
+      this._root.appendChild(link);
+      const holder = document.createElement("div");
+      holder.innerHTML = TEMPLATE;
+      this._board = holder.firstElementChild;
+      this._root.appendChild(this._board);
+      this._el = {};
+      for (const name of ["name", "conn", "partial", "clock", "remaining", "lap", "speed", "flag", "tabs", "message"]) {
+        this._el[name] = this._board.querySelector(`.${name}`);
+      }
+      this._head = this._board.querySelector("thead tr");
+      this._body = this._board.querySelector("tbody");
+      for (const col of COLUMNS) {
+        const th = document.createElement("th");
+        th.textContent = col.head;
+        th.dataset.col = col.key;
+        if (col.title) th.title = col.title;
+        if (col.narrow === false) th.classList.add("wide-only");
+        if (col.narrow === "mid") th.classList.add("mid-only");
+        this._head.appendChild(th);
+      }
+
+      this._ws = null;
+      this._attempt = 0;
+      this._timers = {};
+      this._subscribedRace = null;
+      this._resyncing = false;
+      this._session = null;
+      this._cars = new Map(); // car -> row data
+      this._rows = new Map(); // car -> <tr>
+      this._seq = null;
+      this._status = null;
+      this._clockAnchor = null; // { t_ms, at, speed } for interpolating the clock
+      this._filter = null; // class chosen on a tab (null: from attributes)
+      this._lastFrameAt = 0;
+      this._gaps = 0;
+      this._flash = 0;
+      this._renderQueued = false;
+      this._pendingFull = false;
+      // No attributes in the constructor: the parser may be creating this element.
+    }
+
+    // -- public surface ---------------------------------------------------
+
+    get race() {
+      return this.getAttribute("race");
+    }
+
+    set race(value) {
+      if (value) this.setAttribute("race", value);
+      else this.removeAttribute("race");
+    }
+
+    /** The class shown: a tab choice, else `race-class`, else a token of `class` that names one. */
+    get raceClass() {
+      if (this._filter !== null) return this._filter || null;
+      const explicit = this.getAttribute("race-class");
+      if (explicit) return explicit === "All" ? null : explicit;
+      const classes = this._classes();
+      for (const token of this.classList) {
+        if (classes.includes(token)) return token;
+      }
+      return null;
+    }
+
+    set raceClass(value) {
+      this._filter = value || "";
+      this._render(true);
+    }
+
+    get snapshot() {
+      if (!this._session) return null;
+      return {
+        race: this.race,
+        seq: this._seq,
+        session: this._session,
+        cars: [...this._cars.values()].sort((a, b) => a.position - b.position),
+      };
+    }
+
+    connectedCallback() {
+      this.dataset.gaps = String(this._gaps);
+      this._setState("idle");
+      this._connect();
+      this._timers.clock = setInterval(() => this._tickClock(), CLOCK_TICK_MS);
+    }
+
+    disconnectedCallback() {
+      cancelAnimationFrame(this._timers.frame);
+      this._renderQueued = false;
+      for (const id of Object.values(this._timers)) {
+        clearInterval(id);
+        clearTimeout(id);
+      }
+      this._timers = {};
+      if (this._ws) {
+        this._ws.onclose = null;
+        this._ws.close(1000, "element removed");
+        this._ws = null;
+      }
+      this._setState("idle");
+    }
+
+    attributeChangedCallback(name, oldValue, newValue) {
+      if (oldValue === newValue || !this.isConnected) return;
+      if (name === "server" || name === "token") {
+        this._reconnectNow();
+      } else if (name === "race") {
+        this._filter = null;
+        this._reset();
+        this._subscribe();
+      } else {
+        if (name !== "hide-tabs") this._filter = null;
+        this._render(true);
+      }
+    }
+
+    // -- connection -------------------------------------------------------
+
+    _connect() {
+      if (this._ws || !this.isConnected) return;
+      this._setState("connecting");
+      let ws;
+      try {
+        ws = new WebSocket(wsUrl(this.getAttribute("server"), this.getAttribute("token")));
+      } catch (err) {
+        this._showMessage(`Cannot connect: ${err.message}`);
+        this._scheduleReconnect();
+        return;
+      }
+      this._ws = ws;
+      ws.onopen = () => {
+        this._lastFrameAt = Date.now();
+        this._subscribedRace = null;
+        this._setState(this.race ? "waiting" : "connected");
+        this._subscribe();
+        this._timers.ping = setInterval(() => this._keepAlive(), PING_EVERY_MS);
+      };
+      ws.onmessage = (event) => {
+        this._lastFrameAt = Date.now();
+        let message;
+        try {
+          message = JSON.parse(event.data);
+        } catch (err) {
+          return; // the gateway only sends JSON; anything else is not ours to show
+        }
+        this._onMessage(message);
+      };
+      ws.onclose = () => {
+        clearInterval(this._timers.ping);
+        this._ws = null;
+        this._subscribedRace = null;
+        this._setState("offline");
+        this._scheduleReconnect();
+      };
+      ws.onerror = () => {
+        // onclose follows and reconnects
+      };
+    }
+
+    _scheduleReconnect() {
+      clearTimeout(this._timers.reconnect);
+      const delay = backoff(this._attempt++);
+      this._timers.reconnect = setTimeout(() => this._connect(), delay);
+    }
+
+    _reconnectNow() {
+      if (this._ws) {
+        this._ws.onclose = null;
+        this._ws.close(1000, "server changed");
+        this._ws = null;
+      }
+      this._attempt = 0;
+      this._connect();
+    }
+
+    _keepAlive() {
+      if (!this._ws || this._ws.readyState !== WebSocket.OPEN) return;
+      if (Date.now() - this._lastFrameAt > SILENCE_LIMIT_MS) {
+        this._ws.close(4000, "silent connection");
+        return;
+      }
+      this._send({ op: "ping" });
+    }
+
+    _send(message) {
+      if (this._ws && this._ws.readyState === WebSocket.OPEN) {
+        this._ws.send(JSON.stringify(message));
+        return true;
+      }
+      return false;
+    }
+
+    _subscribe() {
+      const race = this.race;
+      clearTimeout(this._timers.resubscribe);
+      if (this._subscribedRace && this._subscribedRace !== race) {
+        this._send({ op: "unsubscribe", race: this._subscribedRace });
+        this._subscribedRace = null;
+      }
+      if (!race) {
+        this._showMessage("No race chosen.");
+        return;
+      }
+      // The whole race: tabs then filter here, without a round trip.
+      if (this._send({ op: "subscribe", race })) {
+        this._subscribedRace = race;
+        this._setState("waiting");
+      }
+    }
+
+    _resync() {
+      this._gaps += 1;
+      this.dataset.gaps = String(this._gaps);
+      this._resyncing = true;
+      this._setState("resync");
+      this._subscribe();
+    }
+
+    // -- messages ---------------------------------------------------------
+
+    _onMessage(message) {
+      if (message.race && message.race !== this.race) return;
+      switch (message.type) {
+        case "snapshot":
+          this._attempt = 0;
+          this._resyncing = false;
+          this._applySnapshot(message);
+          break;
+        case "delta":
+          if (this._resyncing) return; // a fresh snapshot is on its way
+          if (this._seq === null || message.prev_seq !== this._seq) {
+            this._resync();
+            return;
+          }
+          this._applyDelta(message);
+          break;
+        case "status":
+          this._status = message;
+          this.dataset.raceState = message.state || "";
+          if (message.t_ms !== undefined) this._anchorClock(message.t_ms);
+          this._renderHeader();
+          break;
+        case "subscribed":
+          this._setState("waiting");
+          this._showMessage("Waiting for the standings…");
+          break;
+        case "error":
+          this._onError(message);
+          break;
+        default:
+          break; // pong, races, unsubscribed: nothing to show
+      }
+    }
+
+    _onError(message) {
+      if (message.error === "unknown_race") {
+        this._subscribedRace = null;
+        this._setState("unknown");
+        this._showMessage(`Race “${this.race}” is not on air (yet).`);
+        clearTimeout(this._timers.resubscribe);
+        this._timers.resubscribe = setTimeout(() => this._subscribe(), RESUBSCRIBE_UNKNOWN_MS);
+      } else {
+        this._showMessage(`${message.error}: ${message.detail}`);
+      }
+    }
+
+    _reset() {
+      this._session = null;
+      this._cars.clear();
+      for (const tr of this._rows.values()) tr.remove();
+      this._rows.clear();
+      this._seq = null;
+      this._status = null;
+      this._clockAnchor = null;
+      delete this.dataset.seq;
+      delete this.dataset.raceState;
+    }
+
+    _applySnapshot(snap) {
+      const fresh = this._session === null;
+      this._session = snap.session;
+      this._cars = new Map(snap.cars.map((row) => [row.car, row]));
+      for (const [car, tr] of this._rows) {
+        if (!this._cars.has(car)) {
+          tr.remove();
+          this._rows.delete(car);
+        }
+      }
+      this._seq = snap.seq;
+      this._anchorClock(snap.session.t_ms);
+      this._showMessage(null);
+      this._setState("live");
+      this._scheduleRender(fresh);
+    }
+
+    _applyDelta(delta) {
+      if (delta.session) {
+        this._session = delta.session;
+        this._anchorClock(delta.session.t_ms);
+      }
+      for (const row of delta.cars || []) this._cars.set(row.car, row);
+      this._seq = delta.seq;
+      this._scheduleRender(false);
+    }
+
+    // Frames may come far faster than a screen can show them (a fast replay): the model
+    // takes every one at once, the table is drawn at most once per animation frame.
+    _scheduleRender(full) {
+      this._pendingFull = Boolean(this._pendingFull || full);
+      if (this._renderQueued) return;
+      this._renderQueued = true;
+      const run = () => {
+        if (!this._renderQueued) return;
+        this._renderQueued = false;
+        cancelAnimationFrame(this._timers.frame);
+        clearTimeout(this._timers.frameFallback);
+        const fullRender = this._pendingFull;
+        this._pendingFull = false;
+        this._render(fullRender);
+      };
+      this._timers.frame = requestAnimationFrame(run);
+      // rAF pauses in hidden tabs; the table still catches up, a few times a second.
+      this._timers.frameFallback = setTimeout(run, RENDER_FALLBACK_MS);
+    }
+
+    _setState(state) {
+      this.dataset.state = state;
+      const conn = this._el.conn;
+      if (conn) {
+        conn.dataset.state = state;
+        conn.textContent = state === "live" ? "LIVE" : state.toUpperCase();
+      }
+    }
+
+    _showMessage(text) {
+      const box = this._el.message;
+      box.hidden = !text;
+      box.textContent = text || "";
+    }
+
+    // -- clock ------------------------------------------------------------
+
+    _anchorClock(t_ms) {
+      this._clockAnchor = { t_ms, at: performance.now() };
+      this._tickClock();
+    }
+
+    _speed() {
+      if (this._status && "speed" in this._status) return this._status.speed;
+      return this._session ? this._session.speed : undefined;
+    }
+
+    _running() {
+      const session = this._session;
+      if (!session || session.finished || session.paused) return false;
+      return !this._status || this._status.state === "running";
+    }
+
+    _tickClock() {
+      const session = this._session;
+      if (!session || !this._clockAnchor) return;
+      let t = this._clockAnchor.t_ms;
+      const speed = this._speed();
+      // Between frames the race clock runs on at the replay speed (never past the next frame's).
+      if (this._running() && typeof speed === "number") {
+        t += Math.min((performance.now() - this._clockAnchor.at) * speed, 60000 * speed);
+      }
+      this._el.clock.textContent = clockText(t);
+      if (session.remaining_ms !== null && session.remaining_ms !== undefined) {
+        const left = session.remaining_ms - (t - this._clockAnchor.t_ms);
+        this._el.remaining.textContent = clockText(Math.max(0, left));
+      } else if (session.laps_total) {
+        this._el.remaining.textContent = `${Math.max(0, session.laps_total - session.leader_laps)} laps`;
+      } else {
+        this._el.remaining.textContent = "--:--:--";
+      }
+    }
+
+    // -- rendering --------------------------------------------------------
+
+    _classes() {
+      const session = this._session;
+      const classes = session && session.classes ? [...session.classes] : [];
+      for (const row of this._cars.values()) {
+        if (!classes.includes(row.cls)) classes.push(row.cls);
+      }
+      return classes;
+    }
+
+    _renderHeader() {
+      const session = this._session;
+      if (!session) return;
+      this._el.name.textContent = session.name || this.race;
+      const flag = session.finished ? "chequered" : session.flag || "green";
+      this._board.dataset.flag = flag;
+      this.dataset.flag = flag;
+      this.dataset.finished = session.finished ? "true" : "false";
+      this._el.flag.textContent = FLAGS[flag] || flag.toUpperCase();
+      // Events the standings never saw (joined mid-race, or lost on the way): say the board
+      // may be short of laps, best laps and pit stops until the race is folded again.
+      const gaps = session.gaps || 0;
+      this._el.partial.hidden = gaps <= 0;
+      this.dataset.partial = gaps > 0 ? "true" : "false";
+      this._el.partial.title =
+        gaps > 0
+          ? `Partial board: ${gaps} timing event${gaps === 1 ? "" : "s"} of this race were not ` +
+            "seen (timing joined mid-race), so laps, best laps and pit stops may be incomplete " +
+            "until the replay is sought back to its start."
+          : "";
+      this._el.lap.textContent = session.laps_total
+        ? `${session.leader_laps}/${session.laps_total}`
+        : String(session.leader_laps || 0);
+      const speed = this._speed();
+      const state = this._status ? this._status.state : null;
+      let speedText = speed === null ? "max" : typeof speed === "number" ? `×${speed}` : "-";
+      if (session.paused || state === "paused") speedText = `paused (${speedText})`;
+      else if (state === "finished" || session.finished) speedText = "finished";
+      else if (state === "offline") speedText = "offline";
+      this._el.speed.textContent = speedText;
+      this._tickClock();
+    }
+
+    _renderTabs(current) {
+      const tabs = this._el.tabs;
+      tabs.hidden = this.hasAttribute("hide-tabs");
+      const names = ["All", ...this._classes()];
+      const have = [...tabs.children].map((b) => b.dataset.tab).join("|");
+      if (have !== names.join("|")) {
+        tabs.textContent = "";
+        for (const name of names) {
+          const button = document.createElement("button");
+          button.type = "button";
+          button.textContent = name;
+          button.dataset.tab = name;
+          button.setAttribute("role", "tab");
+          button.setAttribute("part", "tab");
+          if (name !== "All") button.classList.add("cls", `cls-${classSlug(name)}`);
+          button.addEventListener("click", () => {
+            this.raceClass = name === "All" ? "" : name;
+          });
+          tabs.appendChild(button);
+        }
+      }
+      for (const button of tabs.children) {
+        const selected = (button.dataset.tab === "All" && !current) || button.dataset.tab === current;
+        button.setAttribute("aria-selected", selected ? "true" : "false");
+      }
+    }
+
+    _render(full) {
+      if (!this._session) return;
+      if (this._seq !== null) this.dataset.seq = String(this._seq);
+      this._renderHeader();
+      const cls = this.raceClass;
+      this.dataset.filter = cls || "All";
+      this._renderTabs(cls);
+      const rows = [...this._cars.values()].sort((a, b) => a.position - b.position);
+      const shown = cls ? rows.filter((row) => row.cls === cls) : rows;
+      const overallBest = this._overallBest();
+      let order = 0;
+      let moved = false;
+      const want = new Set(shown.map((row) => row.car));
+      for (const [car, tr] of this._rows) {
+        if (!want.has(car)) {
+          tr.remove();
+          this._rows.delete(car);
+        }
+      }
+      for (const row of shown) {
+        let tr = this._rows.get(row.car);
+        const isNew = !tr;
+        if (isNew) {
+          tr = this._newRow(row);
+          this._rows.set(row.car, tr);
+        }
+        this._fillRow(tr, row, { cls, overallBest, animate: !full && !isNew });
+        if (this._body.children[order] !== tr) moved = true;
+        order += 1;
+      }
+      if (moved) {
+        // Appending in order moves the existing rows; untouched rows keep their state.
+        for (const row of shown) this._body.appendChild(this._rows.get(row.car));
+      }
+    }
+
+    _overallBest() {
+      const fastest = this._session.fastest || {};
+      let best = null;
+      for (const entry of Object.values(fastest)) {
+        if (best === null || entry.lap_ms < best.lap_ms) best = entry;
+      }
+      return best;
+    }
+
+    _newRow(row) {
+      const tr = document.createElement("tr");
+      tr.setAttribute("part", "row");
+      tr.dataset.car = row.car;
+      tr.classList.add(`cls-${classSlug(row.cls)}`);
+      for (const col of COLUMNS) {
+        const td = document.createElement("td");
+        td.dataset.col = col.key;
+        if (col.narrow === false) td.classList.add("wide-only");
+        if (col.narrow === "mid") td.classList.add("mid-only");
+        if (col.key === "cls") td.classList.add("cls-chip");
+        tr.appendChild(td);
+      }
+      return tr;
+    }
+
+    _fillRow(tr, row, { cls, overallBest, animate }) {
+      const previous = tr.dataset.position ? Number(tr.dataset.position) : null;
+      const position = cls ? row.class_position : row.position;
+      tr.dataset.position = String(row.position);
+      tr.dataset.classPosition = String(row.class_position);
+      tr.dataset.class = row.cls;
+      tr.dataset.status = row.status || "running";
+      tr.classList.toggle("retired", row.status === "retired" || row.status === "dns");
+      tr.classList.toggle("in-pit", Boolean(row.in_pit));
+
+      const classFastest = (this._session.fastest || {})[row.cls];
+      const cells = {
+        pos: String(row.position),
+        pic: String(row.class_position),
+        car: row.car,
+        cls: row.cls,
+        team: row.team || "",
+        driver: row.driver || "",
+        laps: String(row.laps || 0),
+        gap: cls
+          ? row.class_position === 1
+            ? "Leader"
+            : gapText(row.class_gap_ms, row.class_gap_laps)
+          : row.position === 1
+            ? "Leader"
+            : gapText(row.gap_ms, row.gap_laps),
+        int: cls
+          ? row.class_position === 1
+            ? ""
+            : gapText(row.class_interval_ms, row.class_interval_laps)
+          : row.position === 1
+            ? ""
+            : gapText(row.interval_ms, row.interval_laps),
+        last: lapTime(row.last_lap_ms),
+        best: lapTime(row.best_lap_ms),
+        sectors: (row.sectors_ms || []).map((s) => (s === null ? "-" : (s / 1000).toFixed(1))).join(" "),
+        pits: String(row.pit_stops || 0),
+        pit: row.in_pit ? "IN PIT" : row.out_lap ? "OUT" : "",
+        stint: String(row.stint_laps || 0),
+        gained: row.gained > 0 ? `▲${row.gained}` : row.gained < 0 ? `▼${-row.gained}` : "–",
+        // In the pit is the pit column's to say; status names what ends a race.
+        status: ["retired", "finished", "dns"].includes(row.status) ? row.status.toUpperCase() : "",
+      };
+      const now = performance.now();
+      for (const td of tr.children) {
+        const key = td.dataset.col;
+        const text = cells[key];
+        if (td.textContent !== text) {
+          td.textContent = text;
+          if (animate) this._flashCell(td, now);
+        }
+      }
+      const at = (key) => tr.querySelector(`td[data-col="${key}"]`);
+      const last = at("last");
+      last.classList.toggle("overall-best", Boolean(row.last_is_overall_best));
+      last.classList.toggle("class-best", Boolean(row.last_is_class_best && !row.last_is_overall_best));
+      last.classList.toggle(
+        "personal-best",
+        Boolean(row.last_is_personal_best && !row.last_is_class_best && !row.last_is_overall_best),
+      );
+      const best = at("best");
+      const holdsOverall = overallBest && overallBest.car === row.car;
+      const holdsClass = classFastest && classFastest.car === row.car;
+      best.classList.toggle("overall-best", Boolean(holdsOverall));
+      best.classList.toggle("class-best", Boolean(holdsClass && !holdsOverall));
+      const pit = at("pit");
+      pit.classList.toggle("badge", Boolean(row.in_pit || row.out_lap));
+      pit.dataset.pit = row.in_pit ? "in" : row.out_lap ? "out" : "";
+      const gained = at("gained");
+      gained.dataset.dir = row.gained > 0 ? "up" : row.gained < 0 ? "down" : "";
+
+      if (animate && previous !== null && previous !== row.position) {
+        const dir = row.position < previous ? "up" : "down";
+        tr.dataset.moved = dir;
+        this._flashRow(tr, dir);
+      }
+    }
+
+    // Two identical animations under different names: switching between them restarts the
+    // animation without forcing a layout.
+    _flashCell(td, now) {
+      // A cell already lit stays lit rather than restarting: at high replay speeds values
+      // change every frame, and restarting hundreds of animations would swamp the page.
+      if (now - (td._flashedAt || -Infinity) < FLASH_MS) return;
+      td._flashedAt = now;
+      this._flash ^= 1;
+      td.classList.remove("flash-a", "flash-b");
+      td.classList.add(this._flash ? "flash-a" : "flash-b");
+    }
+
+    _flashRow(tr, dir) {
+      this._flash ^= 1;
+      tr.classList.remove("moved-up-a", "moved-up-b", "moved-down-a", "moved-down-b");
+      tr.classList.add(`moved-${dir}-${this._flash ? "a" : "b"}`);
+    }
+  }
+
+  if (!customElements.get("live-leaderboard")) {
+    customElements.define("live-leaderboard", LiveLeaderboard);
+  }
+  window.LiveLeaderboard = LiveLeaderboard;
+  window.LiveLeaderboard.serverUrl = wsUrl;
+})();

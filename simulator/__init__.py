@@ -1,0 +1,1 @@
+"""The producing side: recordings, importers, the timeline, the replay clock and producer."""
