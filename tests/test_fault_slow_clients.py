@@ -24,6 +24,7 @@ import pytest
 
 from broker import bus
 from broker.mosquitto import Mosquitto, free_port
+from consumers import board
 from consumers.gateway import GatewaySettings
 from tests.conftest import requires_mosquitto
 from tests.faults.procs import Service, parse_metrics, scrape, wait_metrics
@@ -109,6 +110,7 @@ async def test_stuck_clients_cost_bounded_memory_and_no_latency(
     crowded: list[float] = []
     growth: list[int] = []
     rss: list[int] = []
+    largest_frame = 0
 
     def gateway_metrics() -> dict[str, float]:
         return parse_metrics(scrape(port))
@@ -139,6 +141,7 @@ async def test_stuck_clients_cost_bounded_memory_and_no_latency(
                     # Push large frames flat out until every stuck client is past its bounds
                     # (kernel buffers, transport, outbox) and has been coalesced.
                     ticker.padding = WARM_PADDING
+                    largest_frame = len(board.encode(ticker.snapshot()))
                     while gateway_metrics()["chequered_gateway_coalesced_total"] < (
                         coalesced + 2 * STUCK
                     ):
@@ -181,10 +184,12 @@ async def test_stuck_clients_cost_bounded_memory_and_no_latency(
             gateway.kill()
 
     # Memory: flat while a whole run is pushed at the stuck clients; and never more than
-    # the outboxes may hold (unbounded, the large frames of the warm-ups alone would
-    # have queued gigabytes).
+    # the stuck clients may hold: a full outbox each, plus the transport's buffer, which
+    # takes a frame while it holds less than write_limit (unbounded, the large frames of
+    # the warm-ups alone would have queued gigabytes).
+    per_stuck_client = DEFAULTS.queue_bytes + DEFAULTS.write_limit + largest_frame
     assert max(growth) < RSS_GROWTH_MAX, growth
-    assert max(rss) - rss_start < STUCK * DEFAULTS.queue_bytes + RSS_GROWTH_MAX, (rss_start, rss)
+    assert max(rss) - rss_start < STUCK * per_stuck_client + RSS_GROWTH_MAX, (rss_start, rss)
     # The good clients: every delta, in order, and latency not hurt by the stuck ones.
     for watcher in good:
         assert watcher.gaps == 0 and watcher.connects == 1
