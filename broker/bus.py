@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import select
 import socket
 import ssl
 import uuid
@@ -23,11 +24,14 @@ from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
 MAX_INCOMING = 0
 """aiomqtt's incoming queue bound; 0 is unbounded: MQTT flow control bounds it."""
+READ_BURST = 256
+"""Most MQTT packets read from the socket per wake-up of the event loop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +139,59 @@ class MqttBus:
         await self.client.subscribe(pattern, qos=qos)
 
     async def messages(self) -> AsyncIterator[Message]:
+        # aiomqtt's iterator spends a task and a wait on every message, and a turn of
+        # the event loop or two; what one read of the socket queued is handed over at
+        # once instead, so that a consumer handles a burst in one turn of the loop.
+        queue = self.client._queue
         async for message in self.client.messages:
-            payload = message.payload
-            data = payload if isinstance(payload, bytes) else str(payload).encode()
-            ack = None
-            if self.manual_ack and message.qos > 0:
-                # aiomqtt does not expose paho's manual acknowledgement; its client does.
-                ack = functools.partial(self.client._client.ack, message.mid, message.qos)
-            yield Message(message.topic.value, data, bool(message.retain), ack)
+            yield self._message(message)
+            while not queue.empty():
+                yield self._message(queue.get_nowait())
+
+    def _message(self, message: aiomqtt.Message) -> Message:
+        payload = message.payload
+        data = payload if isinstance(payload, bytes) else str(payload).encode()
+        ack = None
+        if self.manual_ack and message.qos > 0:
+            # aiomqtt does not expose paho's manual acknowledgement; its client does.
+            ack = functools.partial(self.client._client.ack, message.mid, message.qos)
+        return Message(message.topic.value, data, bool(message.retain), ack)
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, reading every packet the socket holds when it wakes up.
+
+    aiomqtt's reader calls paho's ``loop_read``, which reads one packet when
+    nothing is in flight (a subscriber's case), so each further packet of a
+    burst waited for a turn of the event loop of its own. Reading while the
+    socket (or the TLS layer) still holds bytes hands the burst over at once.
+    """
+
+    def _on_socket_open(self, client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+
+        def readable() -> bool:
+            pending = getattr(sock, "pending", None)  # bytes the TLS layer has decrypted
+            return bool((pending is not None and pending() > 0) or poller.poll(0))
+
+        def read() -> None:
+            # As aiomqtt's reader: an error here means the connection broke.
+            try:
+                for _ in range(READ_BURST):
+                    client.loop_read()
+                    if client.socket() is None or not readable():
+                        break
+            except Exception as exc:
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def create_misc_task() -> None:
+            self._misc_task = self._loop.create_task(self._misc_loop())
+
+        # paho calls this from the thread that connects: hand the work to the loop.
+        self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), read)
+        self._loop.call_soon_threadsafe(create_misc_task)
 
 
 def _tls(address: BrokerAddress) -> aiomqtt.TLSParameters | None:
@@ -251,7 +300,7 @@ async def connect(
         finally:
             await bus._close(clean=clean)
         return
-    client = aiomqtt.Client(
+    client = _Client(
         address.host,
         address.port,
         identifier=client_id or f"chequered-{uuid.uuid4().hex[:12]}",

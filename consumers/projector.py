@@ -535,8 +535,8 @@ class Projector:
                     if folded >= window or delay <= 0:
                         flush = True
                     elif flush_timer is None:
-                        # The client hands over one message per turn of the loop: wait a
-                        # little for the ones behind it, so that a flush covers them all.
+                        # Wait a little for the rest of a burst still on its way, so
+                        # that a flush covers it all.
                         flush_timer = loop.call_later(delay, inbox.put_nowait, _FLUSH)
                 elif isinstance(item, _Flush):
                     flush_timer = None

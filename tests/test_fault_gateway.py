@@ -196,7 +196,10 @@ async def test_gateway_killed_and_restarted(
         # Reconnected after each kill, by itself; a snapshot on each connection, then
         # deltas chaining on it: no gap, and exactly the board published at the end.
         assert client.connects == KILLS + 1
-        assert client.snapshots == KILLS + 1
+        # One snapshot per connection; a restart that subscribes between a delta and
+        # the snapshot it leads to misses that delta, and adopts the snapshot as news:
+        # one more snapshot on that connection, never a gap.
+        assert KILLS + 1 <= client.snapshots <= 2 * (KILLS + 1)
         assert client.gaps == 0
         # A client that asks before the restarted gateway has read the retained
         # standings is held through the startup grace; only past it would it be told
