@@ -30,8 +30,11 @@ DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
 MAX_INCOMING = 0
 """aiomqtt's incoming queue bound; 0 is unbounded: MQTT flow control bounds it."""
-READ_BURST = 256
-"""Most MQTT packets read from the socket per wake-up of the event loop."""
+READ_BURST = 16
+"""Most MQTT packets read from the socket per wake-up of the event loop. Bursts of this
+size keep a turn of the loop short and, in the gateway, a turn's writes to each client
+under its ``write_limit``: 1,000 clients took 300 deltas without one coalesced backlog
+(at 64, every client was coalesced once)."""
 
 
 @dataclass(frozen=True, slots=True)
