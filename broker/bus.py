@@ -91,6 +91,18 @@ class BrokerAddress:
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
+def redacted(url: str) -> str:
+    """``url`` fit to show: everything between the scheme and the last ``@`` becomes
+    ``***``, so a password never reaches an error message or a log, even in a URL
+    that does not parse (a password may hold ``/``, ``?`` or ``#``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return f"{scheme}{sep}{rest}"
+
+
 def parse_url(
     url: str,
     *,
@@ -100,16 +112,17 @@ def parse_url(
 ) -> BrokerAddress:
     """Parse ``mqtt://[user[:password]@]host[:port]``, ``mqtts://...`` or ``memory://name``."""
     parts = urlsplit(url)
+    shown = redacted(url)
     if parts.scheme not in ("mqtt", "mqtts", "memory"):
-        raise BrokerUrlError(f"{url}: broker URL must start with mqtt://, mqtts:// or memory://")
+        raise BrokerUrlError(f"{shown}: broker URL must start with mqtt://, mqtts:// or memory://")
     if parts.scheme == "memory":
         return BrokerAddress("memory", parts.netloc or "default", 0)
     if not parts.hostname:
-        raise BrokerUrlError(f"{url}: broker URL has no host")
+        raise BrokerUrlError(f"{shown}: broker URL has no host")
     try:
         port = parts.port
     except ValueError as exc:
-        raise BrokerUrlError(f"{url}: bad port") from exc
+        raise BrokerUrlError(f"{shown}: bad port") from exc
     default = DEFAULT_TLS_PORT if parts.scheme == "mqtts" else DEFAULT_PORT
     return BrokerAddress(
         parts.scheme,

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
-from broker.bus import Will, connect, parse_url, topic_matches
+import pytest
+
+from broker.bus import BrokerUrlError, Will, connect, parse_url, topic_matches
 from broker.mosquitto import Mosquitto
+from tests.conftest import REPO
 
 
 async def _first(bus_messages: object, n: int) -> list[tuple[str, bytes, bool]]:
@@ -61,3 +66,30 @@ def test_topic_filters_and_urls() -> None:
         "p@ss",
     )
     assert parse_url("mqtts://h").port == 8883
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mqtt://user:s3cret@host:notaport",
+        "mqtt://user:s3cret@",
+        "http://user:s3cret@host:1883",
+        "mqtt://user:s3/c?r#et@host:99999",
+    ],
+)
+def test_a_bad_broker_url_is_named_without_its_password(url: str) -> None:
+    with pytest.raises(BrokerUrlError) as caught:
+        parse_url(url)
+    message = str(caught.value)
+    assert "***@" in message and "s3" not in message, message
+
+
+def test_the_cli_names_a_bad_broker_url_without_its_password() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chequered", "status", "some-race", "--broker",
+         "mqtt://user:s3cret@127.0.0.1:notaport"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "bad port" in result.stderr and "s3cret" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
