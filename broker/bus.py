@@ -209,6 +209,27 @@ class _Client(aiomqtt.Client):
         self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), read)
         self._loop.call_soon_threadsafe(create_misc_task)
 
+    def _on_socket_register_write(
+        self, client: paho.Client, userdata: object, sock: paho.SocketLike
+    ) -> None:
+        # As aiomqtt's, but the writer is added only if the socket is still the client's
+        # and open when the loop gets to it: a burst read can see the connection close
+        # after a packet that asked for a write, and its descriptor may be reused.
+        fd = sock.fileno()
+
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def add() -> None:
+            if client.socket() is sock and sock.fileno() == fd:
+                self._loop.add_writer(fd, write)
+
+        self._loop.call_soon_threadsafe(add)
+
 
 def _tls(address: BrokerAddress) -> aiomqtt.TLSParameters | None:
     if address.scheme != "mqtts":
