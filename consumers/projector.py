@@ -175,6 +175,12 @@ class Projector:
         """Per race, the cars whose state the events folded since its last board may have
         changed (None: any car may have: session opened or closed, reset, joined)."""
         self.unsaved: set[str] = set()
+        self.unsaved_cars: dict[str, set[str] | None] = {}
+        """Per race, the cars changed since its last checkpoint record (None: any may
+        have), as ``touched`` is kept for its board."""
+        self.saved: dict[str, RaceState] = dict(races)
+        """Per race, the state object its last checkpoint record was taken from: a race
+        whose state was replaced since (a reset) gets a whole record."""
         self.pending_acks: list[Callable[[], object]] = []
         self.outbox: list[tuple[str, bytes]] = []
         """Dead letters to publish at the next flush."""
@@ -292,6 +298,7 @@ class Projector:
         step = self.standings.step
         applied = 0
         touched = self.touched.get(race, set())
+        unsaved = self.unsaved_cars.get(race, set())
         for event in events:
             state = races.get(race)
             last = state.seq if state is not None else 0
@@ -306,13 +313,16 @@ class Projector:
                     race=race,
                 )
                 continue
-            if outcome != DUPLICATE and touched is not None:
+            if outcome != DUPLICATE:
                 # What the event may have changed (a rejected one changed nothing).
                 car = getattr(event, "car", None)
                 if isinstance(car, str):
-                    touched.add(car)
+                    if touched is not None:
+                        touched.add(car)
+                    if unsaved is not None:
+                        unsaved.add(car)
                 elif not isinstance(event, _SESSION_ONLY):
-                    touched = None
+                    touched = unsaved = None
             if outcome is APPLIED:  # the common case first, and cheap
                 applied += 1
             elif outcome == DUPLICATE:
@@ -329,6 +339,7 @@ class Projector:
                     m.resets.inc()
                     _log.info("race_reset", race=race, seq=event.seq)
         self.touched[race] = touched
+        self.unsaved_cars[race] = unsaved
         if applied:
             m.applied.inc(applied)
             self.dirty.add(race)
@@ -388,13 +399,17 @@ class Projector:
         """Write the checkpoint of every race changed since its last one."""
         if self.checkpoint_dir is None:
             self.unsaved.clear()
+            self.unsaved_cars.clear()
             return
         for race in sorted(self.unsaved):
             state = self.standings.races.get(race)
             if state is None:
                 continue
+            cars = self.unsaved_cars.get(race) if self.saved.get(race) is state else None
             try:
-                checkpoint.save(self.checkpoint_dir, state, fsync=self.settings.checkpoint_fsync)
+                checkpoint.save(
+                    self.checkpoint_dir, state, fsync=self.settings.checkpoint_fsync, cars=cars
+                )
             except OSError as exc:
                 # Not acknowledging is what keeps the events safe: stop here and
                 # let the broker redeliver them to the next attempt.
@@ -402,6 +417,8 @@ class Projector:
                 _log.error("checkpoint_failed", race=race, error=str(exc))
                 raise
             self.metrics.checkpoints.inc()
+            self.saved[race] = state
+            self.unsaved_cars.pop(race, None)
         self.unsaved.clear()
 
     def publications(self, *, everything: bool = False) -> list[tuple[str, bytes, bool]]:

@@ -25,7 +25,7 @@ from broker import bus
 from broker.mosquitto import Mosquitto
 from chequered import topics
 from chequered.events import Batch, Event, Flag, Lap, Reset, encode
-from consumers import board, intake
+from consumers import board, checkpoint, intake
 from consumers.metrics import Registry
 from consumers.projector import Projector, ProjectorSettings, run_projector
 from consumers.standings import delta, new_race, snapshot
@@ -614,3 +614,45 @@ def test_publications_are_those_of_the_whole_board_rebuilt_every_flush(recording
             published += len(out)
     # Every flush that changed something published (the comparison above was not idle).
     assert published > len(events) // 10
+
+
+@pytest.mark.parametrize(
+    "recording", ["imsa-2021-lime-rock-race", "imsa-2022-laguna-seca-qualifying"]
+)
+def test_checkpoint_patches_lead_to_the_state_folded(recording: str, tmp_path: Path) -> None:
+    # Records after the first of a file hold only the cars changed since the record
+    # before; read back, the file must be the folded state exactly, flush after
+    # flush, through gaps, redeliveries, a reset, and a restart half-way.
+    race = "patched"
+    events = _stream(replay(load(REPLAYS / f"{recording}.json"), race=race), race)
+    topic = topics.topic(race, topics.EVENTS)
+    path = checkpoint.path_for(tmp_path, race)
+    projector = Projector(checkpoint_dir=tmp_path)
+    rng = random.Random(7)
+    patches = i = 0
+    while i < len(events):
+        size = 1 if rng.random() < 0.7 else rng.randrange(2, 20)
+        chunk = events[i : i + size]
+        i += size
+        payload = encode(chunk[0]) if size == 1 else encode(Batch(race=race, events=chunk))
+        projector.handle(bus.Message(topic, payload))
+        before = path.stat().st_size if path.exists() else 0
+        projector.save_checkpoints()
+        written = path.read_bytes()[before:]
+        patches += written.startswith(checkpoint.PATCH_MAGIC)
+        assert checkpoint.load(path) == projector.standings.races[race], f"seq {chunk[-1].seq}"
+        if i >= len(events) // 4 and i - size < len(events) // 4:
+            projector = Projector(checkpoint_dir=tmp_path)  # a restart: the file compacted
+            assert projector.standings.races[race] == checkpoint.load(path)
+    assert patches > len(events) // 10
+    whole = len(checkpoint.record(projector.standings.races[race]))
+    car = next(iter(projector.standings.races[race].cars))
+    assert len(checkpoint.record(projector.standings.races[race], [car])) < whole / 4
+
+
+def test_a_patch_with_no_whole_record_before_it_is_refused(tmp_path: Path) -> None:
+    state = new_race("orphan")
+    path = checkpoint.path_for(tmp_path, "orphan")
+    path.write_bytes(checkpoint.record(state, []))
+    with pytest.raises(checkpoint.CheckpointError, match="no whole record before it"):
+        checkpoint.load(path)
