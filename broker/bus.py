@@ -181,6 +181,8 @@ class _Client(aiomqtt.Client):
     nothing is in flight (a subscriber's case), so each further packet of a
     burst waited for a turn of the event loop of its own. Reading while the
     socket (or the TLS layer) still holds bytes hands the burst over at once.
+    The two callbacks replaced are aiomqtt's own, with their error handling; they
+    use its internals, which is why pyproject.toml pins aiomqtt's minor release.
     """
 
     def _on_socket_open(self, client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
