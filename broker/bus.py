@@ -188,21 +188,19 @@ class _Client(aiomqtt.Client):
     def _on_socket_open(self, client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
+        pending = getattr(sock, "pending", None)  # bytes the TLS layer has decrypted
 
         def readable() -> bool:
-            pending = getattr(sock, "pending", None)  # bytes the TLS layer has decrypted
             return bool((pending is not None and pending() > 0) or poller.poll(0))
 
         def read() -> None:
-            # As aiomqtt's reader: an error here means the connection broke.
             try:
                 for _ in range(READ_BURST):
                     client.loop_read()
                     if client.socket() is None or not readable():
                         break
             except Exception as exc:
-                if not self._disconnected.done():
-                    self._disconnected.set_exception(exc)
+                self._broken(exc)
 
         def create_misc_task() -> None:
             self._misc_task = self._loop.create_task(self._misc_loop())
@@ -223,14 +221,18 @@ class _Client(aiomqtt.Client):
             try:
                 client.loop_write()
             except Exception as exc:
-                if not self._disconnected.done():
-                    self._disconnected.set_exception(exc)
+                self._broken(exc)
 
         def add() -> None:
             if client.socket() is sock and sock.fileno() == fd:
                 self._loop.add_writer(fd, write)
 
         self._loop.call_soon_threadsafe(add)
+
+    def _broken(self, exc: Exception) -> None:
+        """As aiomqtt's callbacks: an error on the socket means the connection broke."""
+        if not self._disconnected.done():
+            self._disconnected.set_exception(exc)
 
 
 def _tls(address: BrokerAddress) -> aiomqtt.TLSParameters | None:

@@ -97,9 +97,11 @@ def read_records(data: bytes, *, name: str = "checkpoint") -> tuple[RaceState, i
         magic, length, crc = _HEADER.unpack_from(data, offset)
         start = offset + size
         payload = data[start : start + length]
-        if magic not in (MAGIC, PATCH_MAGIC) or len(payload) != length:
-            break
-        if zlib.crc32(payload) != crc:
+        if (
+            magic not in (MAGIC, PATCH_MAGIC)
+            or len(payload) != length
+            or zlib.crc32(payload) != crc
+        ):
             break
         found = decode(payload, name=name)
         if magic == MAGIC:
@@ -136,13 +138,14 @@ def save(
     have); a patch of them is appended. A new or rewritten file gets the whole state.
     """
     data = record(state, cars)
+    whole = data if cars is None else None
     target = path_for(directory, state.race)
     # Bare file descriptors: this runs at every flush, and a buffered file object
     # costs more to open than the record costs to write.
     try:
         fd = os.open(target, os.O_WRONLY | os.O_APPEND)
     except FileNotFoundError:
-        return _replace(directory, target, record(state), fsync=fsync)
+        return _replace(directory, target, whole or record(state), fsync=fsync)
     try:
         if os.fstat(fd).st_size + len(data) <= COMPACT_BYTES:
             view = memoryview(data)
@@ -153,7 +156,7 @@ def save(
             return target
     finally:
         os.close(fd)
-    return _replace(directory, target, record(state), fsync=fsync)
+    return _replace(directory, target, whole or record(state), fsync=fsync)
 
 
 def _replace(directory: Path, target: Path, data: bytes, *, fsync: bool) -> Path:

@@ -174,10 +174,9 @@ class Projector:
         self.touched: dict[str, set[str] | None] = {}
         """Per race, the cars whose state the events folded since its last board may have
         changed (None: any car may have: session opened or closed, reset, joined)."""
-        self.unsaved: set[str] = set()
-        self.unsaved_cars: dict[str, set[str] | None] = {}
-        """Per race, the cars changed since its last checkpoint record (None: any may
-        have), as ``touched`` is kept for its board."""
+        self.unsaved: dict[str, set[str] | None] = {}
+        """Per race changed since its last checkpoint record, the cars changed (None: any
+        may have), as ``touched`` is kept for its board."""
         self.saved: dict[str, RaceState] = dict(races)
         """Per race, the state object its last checkpoint record was taken from: a race
         whose state was replaced since (a reset) gets a whole record."""
@@ -298,7 +297,7 @@ class Projector:
         step = self.standings.step
         applied = 0
         touched = self.touched.get(race, set())
-        unsaved = self.unsaved_cars.get(race, set())
+        unsaved = self.unsaved.get(race, set())
         for event in events:
             state = races.get(race)
             last = state.seq if state is not None else 0
@@ -339,11 +338,10 @@ class Projector:
                     m.resets.inc()
                     _log.info("race_reset", race=race, seq=event.seq)
         self.touched[race] = touched
-        self.unsaved_cars[race] = unsaved
         if applied:
             m.applied.inc(applied)
             self.dirty.add(race)
-            self.unsaved.add(race)
+            self.unsaved[race] = unsaved
             if not known:
                 m.races.set(len(races))
             wall = events[-1].wall
@@ -399,13 +397,12 @@ class Projector:
         """Write the checkpoint of every race changed since its last one."""
         if self.checkpoint_dir is None:
             self.unsaved.clear()
-            self.unsaved_cars.clear()
             return
-        for race in sorted(self.unsaved):
+        for race, changed in sorted(self.unsaved.items()):
             state = self.standings.races.get(race)
             if state is None:
                 continue
-            cars = self.unsaved_cars.get(race) if self.saved.get(race) is state else None
+            cars = changed if self.saved.get(race) is state else None
             try:
                 checkpoint.save(
                     self.checkpoint_dir, state, fsync=self.settings.checkpoint_fsync, cars=cars
@@ -418,7 +415,6 @@ class Projector:
                 raise
             self.metrics.checkpoints.inc()
             self.saved[race] = state
-            self.unsaved_cars.pop(race, None)
         self.unsaved.clear()
 
     def publications(self, *, everything: bool = False) -> list[tuple[str, bytes, bool]]:
