@@ -17,6 +17,7 @@ COPY chequered ./chequered
 COPY simulator ./simulator
 COPY consumers ./consumers
 COPY broker ./broker
+COPY loadtest ./loadtest
 RUN pip install . && rm -rf build
 
 COPY replays ./replays

@@ -18,7 +18,7 @@ from typing import Any
 from bench.workload import figure, race_events
 from broker.bus import parse_url
 from broker.mosquitto import Mosquitto
-from chequered import events as ev
+from chequered.contract import events as ev
 
 TOPIC = "bench/raw"
 QOS = 1

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from bench.workload import best_of, figure, race_events
-from chequered import events as ev
+from chequered.contract import events as ev
 
 BATCH_EVENTS = 100
 REPEAT = 5

@@ -26,12 +26,12 @@ from bench.bench_broker import connect_fast, paho_client
 from bench.workload import figure, race_events
 from broker.bus import parse_url
 from broker.mosquitto import Mosquitto
-from chequered import topics
-from consumers import board, loadtest
-from consumers.gateway import server_frame
-from consumers.loadclient import Assignment, WorkerConfig, raise_fd_limit
-from consumers.loadstats import Aggregate, tick_decoder
-from consumers.standings import apply, delta, new_race, snapshot
+from chequered.contract import board, topics
+from consumers.gateway.server import server_frame
+from consumers.standings.fold import apply, delta, new_race, snapshot
+from loadtest import run as loadtest
+from loadtest.client import Assignment, WorkerConfig, raise_fd_limit
+from loadtest.stats import Aggregate, tick_decoder
 
 TARGET_FRAMES_PER_S = 100_000.0
 CLIENTS = 1000

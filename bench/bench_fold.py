@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.workload import best_of, figure, race_events
-from chequered import topics
-from chequered.events import Batch, Event, decode, encode, unbatch
-from consumers import checkpoint
-from consumers.projector import Projector, ProjectorSettings
-from consumers.standings import apply, delta, new_race, snapshot
+from chequered.contract import topics
+from chequered.contract.events import Batch, Event, decode, encode, unbatch
+from consumers.projector.service import Projector, ProjectorSettings
+from consumers.standings import checkpoint
+from consumers.standings.fold import apply, delta, new_race, snapshot
 
 FOLD_TARGET = 200_000.0
 """Events per second folded, the speed target of the fold."""
@@ -55,8 +55,8 @@ def _cpu_best_of(repeat: int, fn: Callable[[], object]) -> float:
 
 
 def _laguna(race: str) -> list[Event]:
-    from simulator.recording_io import find, load
-    from simulator.timing_replay import replay
+    from simulator.recording.io import find, load
+    from simulator.timeline.timing_replay import replay
 
     return replay(load(find("imsa-2022-laguna-seca-race")), race=race)
 
@@ -84,7 +84,7 @@ async def _through_broker(batches: list[bytes], race: str, last_seq: int) -> flo
 
     from broker.bus import connect
     from broker.mosquitto import Mosquitto
-    from consumers import board
+    from chequered.contract import board
 
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(workdir=Path(tmp) / "mq") as mq:
         proc = await asyncio.create_subprocess_exec(
@@ -141,8 +141,8 @@ async def _drain_backlog(payloads: list[bytes], race: str, last_seq: int) -> flo
 
     from broker.bus import connect
     from broker.mosquitto import Mosquitto
-    from consumers import board
-    from consumers.projector import run_projector
+    from chequered.contract import board
+    from consumers.projector.service import run_projector
 
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(workdir=Path(tmp) / "mq") as mq:
         ckpt = Path(tmp) / "ckpt"

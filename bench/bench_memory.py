@@ -39,9 +39,9 @@ def _rss() -> int:
 def _child(conn: Connection, races: int, fraction: float) -> None:
     from bench.workload import race_events
     from broker.bus import Message
-    from chequered import topics
-    from chequered.events import Batch, encode
-    from consumers.projector import Projector
+    from chequered.contract import topics
+    from chequered.contract.events import Batch, encode
+    from consumers.projector.service import Projector
 
     template = "mem-0000"
     events = race_events(template)

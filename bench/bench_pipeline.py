@@ -27,9 +27,9 @@ from bench.bench_broker import connect_fast, paho_client, raw_pubsub
 from bench.workload import DEFAULT_RECORDING, figure
 from broker.bus import connect, parse_url
 from broker.mosquitto import Mosquitto
-from chequered import topics
-from consumers import loadtest
-from consumers.loadclient import Assignment, LeanProtocol, subscribe_message
+from chequered.contract import topics
+from loadtest import run as loadtest
+from loadtest.client import Assignment, LeanProtocol, subscribe_message
 
 TARGET_S = 1.0
 REPEAT = 3

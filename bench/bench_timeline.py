@@ -15,7 +15,8 @@ import statistics
 import time
 from typing import Any
 
-from simulator import recording_io, timeline
+from simulator.recording import io as recording_io
+from simulator.timeline import build as timeline
 
 TARGET_S = 0.5
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from simulator.alkamel import Imported, decode, format_time, import_timing, parse_time
-from simulator.cli_timing import _save
-from simulator.timing_replay import replay
+from chequered.cli.timing import save_imported
+from simulator.importers.alkamel import Imported, decode, format_time, import_timing, parse_time
+from simulator.timeline.timing_replay import replay
 
 SOURCE = (
     Path(__file__).resolve().parent.parent
@@ -179,12 +179,12 @@ def main() -> int:
                 laps_name=str(laps_path),
                 results_name=str(results_path),
             )
-            _save(got, out)
+            save_imported(got, out)
             return out.stat().st_size
 
         cli_s, json_size = best_of(args.repeat, end_to_end, "cli")
 
-    from simulator import timeline
+    from simulator.timeline import build as timeline
 
     timeline_s, _ = best_of(args.repeat, lambda: timeline.build(rec, seed=0), "timeline")
 

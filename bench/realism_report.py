@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from simulator import realism, recording_io, timeline
+from simulator.recording import io as recording_io
+from simulator.timeline import build as timeline
+from simulator.timeline import realism
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = REPO.parent / "shared/data/imsa/2022_07-weathertech-raceway-laguna-seca_race-laps.csv"

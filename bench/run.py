@@ -43,7 +43,7 @@ P99_TARGET_MS = 50.0
 
 def loadtest_bench(quick: bool = False) -> dict[str, Any]:
     """The load test of the targets, as a benchmark: p99 latency and loss."""
-    from consumers import loadtest
+    from loadtest import run as loadtest
 
     shape = LOADTEST_QUICK if quick else LOADTEST_TARGET
     out = RESULTS / f"loadtest-{shape['races']}x{shape['speed']:g}-{shape['clients']}"
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHES)}")
-    from consumers.loadtest import machine_info
+    from loadtest.run import machine_info
 
     args.out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from chequered.events import Event
+from chequered.contract.events import Event
 
 DEFAULT_RECORDING = "alms-2013-monterey-race"
 
@@ -28,7 +28,8 @@ def race_events(
     """The ordered events of one race, as the timeline builds them (cached per process)."""
     key = (recording, seed, race)
     if key not in _cache:
-        from simulator import recording_io, timeline
+        from simulator.recording import io as recording_io
+        from simulator.timeline import build as timeline
 
         rec = recording_io.load(recording_io.find(recording))
         _cache[key] = list(timeline.build(rec, seed=seed, race=race))

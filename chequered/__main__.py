@@ -2,6 +2,6 @@
 
 import sys
 
-from chequered.cli import main
+from chequered.cli.main import main
 
 sys.exit(main())

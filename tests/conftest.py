@@ -17,6 +17,7 @@ from broker.mosquitto import Mosquitto, binary
 REPO = Path(__file__).resolve().parent.parent
 REPLAYS = REPO / "replays"
 SHARED = REPO.parent / "shared"
+TESTS_DATA = REPO / "tests" / "data"
 
 requires_mosquitto = pytest.mark.skipif(binary() is None, reason="mosquitto is not installed")
 

@@ -1,0 +1,1 @@
+"""The websocket gateway: serves standings and the widget to browsers."""

@@ -1,0 +1,1 @@
+"""The projector: folds each race's events into standings and publishes them."""

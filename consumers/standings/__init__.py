@@ -1,0 +1,1 @@
+"""The standings fold (pure) and its checkpoint codec."""

@@ -1,0 +1,1 @@
+"""The load test: races x websocket clients, latency percentiles, loss and a report."""

@@ -1,0 +1,150 @@
+"""``chequered loadtest``: many races at once through the real pipeline to many websocket clients.
+
+Prints progress on stderr while it runs, a summary at the end, and writes
+``report.json`` and ``report.html`` to the output folder (docs/LOADTEST.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from chequered.cli.main import UserError
+
+
+def _speed(text: str) -> float | None:
+    if text.lower() in ("max", "asap", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a speed: give race seconds per wall second (0.1 to 1000) or 'max'"
+        ) from None
+    if not 0.1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"speed {value} is outside 0.1..1000 (or 'max')")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "loadtest",
+        help="run many races through producer, broker, projector and gateway to many clients",
+        description=(
+            "Replays N copies of a recorded race (race ids load-0001.., one seed each) through "
+            "the real producer, projector and gateway, each in its own process, to M websocket "
+            "clients; reports throughput, latency percentiles, loss, and CPU and memory per "
+            "component. Without --broker a private Mosquitto is started."
+        ),
+    )
+    parser.add_argument("--races", type=int, default=10, help="races at once (default 10)")
+    parser.add_argument(
+        "--speed", type=_speed, default=60.0, help="replay speed, 0.1..1000 or 'max' (default 60)"
+    )
+    parser.add_argument("--clients", type=int, default=100, help="websocket clients (default 100)")
+    parser.add_argument(
+        "--duration", type=_positive, default=60.0, help="seconds to run (default 60)"
+    )
+    parser.add_argument("--broker", help="broker URL; default: start a private Mosquitto")
+    parser.add_argument(
+        "--recording", default=None, help="recording name or path (default the 2013 Monterey race)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("loadtest-out"),
+        help="report folder (default loadtest-out)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first race (default 0)")
+    parser.add_argument("--class", dest="cls", help="subscribe clients to one class only")
+    parser.add_argument(
+        "--client-workers", type=int, help="client processes (default: one per 500 clients, max 4)"
+    )
+    parser.add_argument(
+        "--client-impl",
+        choices=("lean", "websockets"),
+        default="lean",
+        help="websocket client: built-in lean RFC 6455 client (default) or the websockets library",
+    )
+    parser.add_argument(
+        "--compression",
+        action="store_true",
+        help="offer permessage-deflate (websockets client only)",
+    )
+    parser.add_argument(
+        "--client-nice", type=int, default=0, help="niceness of the client processes (default 0)"
+    )
+    parser.add_argument(
+        "--no-checkpoint", action="store_true", help="run the projector without checkpoints"
+    )
+    parser.add_argument(
+        "--gateway-host",
+        default="127.0.0.1",
+        help="address the gateway listens on (default 127.0.0.1; 0.0.0.0 for remote clients)",
+    )
+    parser.add_argument(
+        "--gateway-port", type=int, default=0, help="gateway port (default: a free one)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        from loadtest import run as loadtest
+    except ModuleNotFoundError as exc:
+        raise UserError(f"the load test needs {exc.name}: pip install 'chequered[load]'") from None
+    if args.races < 1:
+        raise UserError(f"--races {args.races}: give at least 1")
+    if args.clients < 0:
+        raise UserError(f"--clients {args.clients}: must not be negative")
+    if args.client_workers is not None and args.client_workers < 1:
+        raise UserError(f"--client-workers {args.client_workers}: give at least 1")
+    if args.compression and args.client_impl != "websockets":
+        raise UserError("--compression needs --client-impl websockets")
+    recording = args.recording or loadtest.DEFAULT_RECORDING
+    try:
+        from simulator.recording import io as recording_io
+
+        recording_io.find(recording)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    config = loadtest.LoadConfig(
+        races=args.races,
+        speed=args.speed,
+        clients=args.clients,
+        duration_s=args.duration,
+        broker=args.broker,
+        recording=recording,
+        out=args.out,
+        seed=args.seed,
+        cls=args.cls,
+        client_workers=args.client_workers,
+        client_impl=args.client_impl,
+        compression=args.compression,
+        client_nice=args.client_nice,
+        checkpoint=not args.no_checkpoint,
+        gateway_host=args.gateway_host,
+        gateway_port=args.gateway_port,
+        progress=None if args.quiet else sys.stderr,
+    )
+    try:
+        report = loadtest.run(config)
+    except loadtest.LoadTestError as exc:
+        raise UserError(str(exc)) from None
+    for line in loadtest.summary_lines(report):
+        print(line)
+    print(f"report    {args.out / 'report.json'}, plot {args.out / 'report.html'}")
+    return 0 if report["loss"]["lossless"] else 1

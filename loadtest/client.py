@@ -1,0 +1,608 @@
+"""Websocket load clients: many leaderboard subscribers per process, cheap to run.
+
+A client process opens its share of the load test's connections, subscribes
+each to one race, checks every client's ``prev_seq`` chain, records latency
+from the event's emission (``wall``) to receipt in an HDR histogram, and
+reports to the load test once per interval over a pipe. The default client
+speaks RFC 6455 itself on an asyncio ``Protocol`` (no per-message task, no
+per-frame copy beyond the payload), so that the clients take as little CPU as
+possible from the processes being measured; ``impl="websockets"`` uses the
+websockets library instead, as a cross-check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Literal
+from urllib.parse import urlsplit
+
+import msgspec
+from hdrh.histogram import HdrHistogram
+
+from loadtest.stats import (
+    ClientResult,
+    LatencyTally,
+    SeqChain,
+    WorkerTick,
+    new_histogram,
+    tick_encoder,
+)
+
+ClientImpl = Literal["lean", "websockets"]
+
+CONNECT_TIMEOUT_S = 10.0
+"""Time allowed for one connection's TCP connect and websocket handshake."""
+CONNECT_CONCURRENCY = 32
+"""Handshakes in flight per client process (kept under the server's listen backlog)."""
+CONNECT_ATTEMPTS = 3
+"""A client whose connection fails is tried this many times before it counts as failed."""
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+"""A frame larger than this closes the connection as an error."""
+MAX_HANDSHAKE_BYTES = 16 * 1024
+TICK_INTERVAL_S = 1.0
+RESUBSCRIBE_DELAY_S = 0.25
+"""Wait before subscribing again when the gateway does not know the race yet."""
+MAX_RESUBSCRIBES = 40
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+class _Probe(msgspec.Struct):
+    """The fields of a gateway message the load test reads; the rest is skipped unparsed."""
+
+    type: str = ""
+    seq: int = 0
+    prev_seq: int = 0
+    wall: float = 0.0
+    error: str = ""
+
+
+_probe_decoder = msgspec.json.Decoder(_Probe)
+_json_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    client: int
+    race: str
+    cls: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    worker: int
+    url: str
+    """Websocket URL of the gateway, e.g. ``ws://127.0.0.1:8765/ws``."""
+    clients: tuple[Assignment, ...]
+    impl: ClientImpl = "lean"
+    compression: bool = False
+    """Offer permessage-deflate (``websockets`` impl only; browsers do)."""
+    interval_s: float = TICK_INTERVAL_S
+    connect_concurrency: int = CONNECT_CONCURRENCY
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    nice: int = 0
+
+
+# -- one client -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ClientState:
+    """Counters of one connection; read by the worker for its ticks."""
+
+    assignment: Assignment
+    chain: SeqChain = field(default_factory=SeqChain)
+    connected: bool = False
+    failed: bool = False
+    messages: int = 0
+    snapshots: int = 0
+    errors: int = 0
+    error: str = ""
+    resubscribes: int = 0
+    last_at: float = 0.0
+    resubscribe: Callable[[], None] | None = None
+    """Sends the subscribe request again (set by the connection once open)."""
+
+    def result(self) -> ClientResult:
+        c = self.chain
+        return ClientResult(
+            client=self.assignment.client,
+            race=self.assignment.race,
+            connected=self.connected or self.messages > 0,
+            messages=self.messages,
+            snapshots=self.snapshots,
+            last_seq=c.last or 0,
+            gaps=c.gaps,
+            missed_seqs=c.missed_seqs,
+            duplicates=c.duplicates,
+            overlaps=c.overlaps,
+            resyncs=c.resyncs,
+            early=c.early,
+            errors=self.errors,
+            error=self.error,
+            last_at=self.last_at,
+        )
+
+
+class Recorder:
+    """Per-process counters shared by all of its clients, reset every tick."""
+
+    def __init__(self) -> None:
+        self.histogram = new_histogram()
+        self.tally = LatencyTally()
+        self.messages = 0
+        self.received_bytes = 0
+
+    def on_message(self, state: ClientState, payload: bytes, now: float) -> None:
+        self.messages += 1
+        self.received_bytes += len(payload)
+        state.messages += 1
+        try:
+            probe = _probe_decoder.decode(payload)
+        except msgspec.DecodeError:
+            state.errors += 1
+            return
+        kind = probe.type
+        if kind == "delta":
+            state.last_at = now
+            if state.chain.delta(probe.seq, probe.prev_seq) and probe.wall > 0:
+                self._latency(now - probe.wall)
+        elif kind == "snapshot":
+            state.last_at = now
+            first = state.chain.last is None
+            state.snapshots += 1
+            # The first snapshot shows the race as it stood at subscription time: its
+            # age is not a delivery latency. Later ones (coalescing) are.
+            if state.chain.snapshot(probe.seq) and not first and probe.wall > 0:
+                self._latency(now - probe.wall)
+        elif kind == "error":
+            if (
+                probe.error == "unknown_race"
+                and state.chain.last is None
+                and state.resubscribe is not None
+                and state.resubscribes < MAX_RESUBSCRIBES
+            ):
+                # The race's retained facts have not reached the gateway yet: ask again.
+                state.resubscribes += 1
+                asyncio.get_running_loop().call_later(RESUBSCRIBE_DELAY_S, state.resubscribe)
+            else:
+                state.errors += 1
+                state.error = probe.error or "error frame"
+
+    def _latency(self, seconds: float) -> None:
+        self.tally.add(seconds)
+
+    def take_histogram(self) -> HdrHistogram:
+        """This interval's latencies as a histogram (the tally recorded into it)."""
+        self.tally.record_into(self.histogram)
+        return self.histogram
+
+
+def _ws_parts(url: str) -> tuple[str, int, str]:
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or not parts.hostname:
+        raise ValueError(f"{url}: the load client needs a ws://host:port/path URL")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return parts.hostname, parts.port or 80, path
+
+
+def _mask(payload: bytes) -> bytes:
+    key = os.urandom(4)
+    n = len(payload)
+    # XOR through big integers: one C-level operation instead of a Python loop.
+    repeated = (key * (n // 4 + 1))[:n]
+    masked = int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")
+    return key + masked.to_bytes(n, "big")
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One masked, final frame from client to server."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 1 << 16:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + _mask(payload)
+
+
+class LeanProtocol(asyncio.Protocol):
+    """A websocket client connection that reads text frames into a callback.
+
+    Handles the opening handshake, fragmented messages, ping (answered with
+    pong) and close. Sends only small masked text frames.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        on_message: Callable[[bytes, float], None],
+        *,
+        max_frame: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self._key = base64.b64encode(os.urandom(16))
+        self._request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {self._key.decode()}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        self._on_message = on_message
+        self._max_frame = max_frame
+        self._buf = bytearray()
+        self._fragments: list[bytes] = []
+        self._open = False
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self._request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send_text(self, text: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(client_frame(_OP_TEXT, text))
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            with contextlib.suppress(Exception):
+                self.transport.write(client_frame(_OP_CLOSE, (1000).to_bytes(2, "big")))
+            self.transport.close()
+
+    def _fail(self, reason: str) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(reason))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self._buf
+        buf += data
+        if not self._open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HANDSHAKE_BYTES:
+                    self._fail("handshake response too large")
+                return
+            if not self._check_handshake(bytes(buf[:end])):
+                return
+            del buf[: end + 4]
+            self._open = True
+            self.opened.set_result(None)
+        self._frames(buf, now)
+
+    def _check_handshake(self, head: bytes) -> bool:
+        lines = head.split(b"\r\n")
+        status = lines[0].split(b" ", 2)
+        if len(status) < 2 or status[1] != b"101":
+            self._fail(f"handshake refused: {lines[0].decode(errors='replace')}")
+            return False
+        expected = base64.b64encode(hashlib.sha1(self._key + _GUID).digest())
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"sec-websocket-accept":
+                if value.strip() == expected:
+                    return True
+                break
+        self._fail("handshake: bad or missing Sec-WebSocket-Accept")
+        return False
+
+    def _frames(self, buf: bytearray, now: float) -> None:
+        pos = 0
+        n = len(buf)
+        while n - pos >= 2:
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            length = b1 & 0x7F
+            head = 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                head = 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                head = 10
+            if b1 & 0x80:
+                self._fail("server frame is masked")
+                return
+            if length > self._max_frame:
+                self._fail(f"frame of {length} bytes exceeds {self._max_frame}")
+                return
+            if n - pos < head + length:
+                break
+            start = pos + head
+            payload = bytes(buf[start : start + length])
+            pos = start + length
+            opcode = b0 & 0x0F
+            fin = b0 & 0x80
+            if opcode in (_OP_TEXT, _OP_BINARY):
+                if fin:
+                    self._on_message(payload, now)
+                else:
+                    self._fragments = [payload]
+            elif opcode == _OP_CONT:
+                self._fragments.append(payload)
+                if fin:
+                    whole = b"".join(self._fragments)
+                    self._fragments = []
+                    self._on_message(whole, now)
+            elif opcode == _OP_PING:
+                if self.transport is not None:
+                    self.transport.write(client_frame(_OP_PONG, payload))
+            elif opcode == _OP_CLOSE:
+                self.close()
+                return
+        if pos:
+            del buf[:pos]
+
+
+async def run_lean_client(
+    state: ClientState,
+    recorder: Recorder,
+    url: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    stop: asyncio.Event,
+) -> None:
+    host, port, path = _ws_parts(url)
+    loop = asyncio.get_running_loop()
+
+    def on_message(payload: bytes, now: float) -> None:
+        recorder.on_message(state, payload, now)
+
+    async with asyncio.timeout(connect_timeout):
+        _, proto = await loop.create_connection(
+            lambda: LeanProtocol(host, port, path, on_message), host, port
+        )
+        await proto.opened
+    state.connected = True
+    request = subscribe_message(state.assignment)
+    state.resubscribe = lambda: proto.send_text(request)
+    proto.send_text(request)
+    try:
+        stopping: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
+        closed: asyncio.Future[object] = proto.closed  # type: ignore[assignment]
+        await asyncio.wait({stopping, closed}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not stop.is_set():
+            state.error = "closed by the server"
+    finally:
+        proto.close()
+
+
+async def run_websockets_client(
+    state: ClientState,
+    recorder: Recorder,
+    url: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    compression: bool = False,
+    stop: asyncio.Event,
+) -> None:
+    from websockets.asyncio.client import connect
+
+    ws = await connect(
+        url,
+        open_timeout=connect_timeout,
+        compression="deflate" if compression else None,
+        max_size=MAX_FRAME_BYTES,
+        max_queue=None,
+    )
+    state.connected = True
+    request = subscribe_message(state.assignment).decode()
+
+    sending: set[asyncio.Future[None]] = set()
+
+    def resubscribe() -> None:
+        task = asyncio.ensure_future(ws.send(request))
+        sending.add(task)
+        task.add_done_callback(sending.discard)
+
+    state.resubscribe = resubscribe
+    try:
+        await ws.send(request)
+        stopping = asyncio.ensure_future(stop.wait())
+        while not stop.is_set():
+            receiving = asyncio.ensure_future(ws.recv(decode=False))
+            done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if receiving not in done:
+                receiving.cancel()
+                break
+            try:
+                payload = receiving.result()
+            except Exception:
+                state.error = "closed by the server"
+                break
+            recorder.on_message(state, payload, time.time())
+        stopping.cancel()
+    finally:
+        await ws.close()
+
+
+def subscribe_message(assignment: Assignment) -> bytes:
+    message: dict[str, str] = {"op": "subscribe", "race": assignment.race}
+    if assignment.cls:
+        message["class"] = assignment.cls
+    return _json_encoder.encode(message)
+
+
+# -- one client process -----------------------------------------------------------
+
+
+class Worker:
+    """The clients of one process and their periodic report."""
+
+    def __init__(self, config: WorkerConfig, send: Callable[[bytes], None]) -> None:
+        self.config = config
+        self.send = send
+        self.recorder = Recorder()
+        self.states = [ClientState(a) for a in config.clients]
+        self.stop = asyncio.Event()
+
+    async def _client(self, state: ClientState, gate: asyncio.Semaphore) -> None:
+        cfg = self.config
+        last_error = ""
+        for attempt in range(CONNECT_ATTEMPTS):
+            try:
+                async with gate:
+                    if self.stop.is_set():
+                        return
+                    if cfg.impl == "websockets":
+                        connecting = run_websockets_client(
+                            state,
+                            self.recorder,
+                            cfg.url,
+                            connect_timeout=cfg.connect_timeout_s,
+                            compression=cfg.compression,
+                            stop=self.stop,
+                        )
+                    else:
+                        connecting = run_lean_client(
+                            state,
+                            self.recorder,
+                            cfg.url,
+                            connect_timeout=cfg.connect_timeout_s,
+                            stop=self.stop,
+                        )
+                    task = asyncio.ensure_future(connecting)
+                    # Hold the gate only until this client is connected.
+                    while not state.connected and not task.done():
+                        await asyncio.wait({task}, timeout=0.05)
+                await task
+                return
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                if state.connected:
+                    state.error = last_error
+                    return
+                if attempt + 1 < CONNECT_ATTEMPTS:
+                    await asyncio.sleep(0.2 * (attempt + 1))  # back off before retrying
+            except Exception as exc:  # any other fault is this client's, never the run's
+                state.error = f"{type(exc).__name__}: {exc}"
+                state.failed = not state.connected
+                return
+        state.failed = True
+        state.error = last_error
+
+    def tick(self, *, final: bool = False) -> bytes:
+        rec = self.recorder
+        hist = rec.take_histogram()
+        race_min: dict[str, int] = {}
+        connected = failed = faults = 0
+        for s in self.states:
+            faults += s.chain.faults
+            if s.failed:
+                failed += 1
+            if s.connected:
+                connected += 1
+                seq = s.chain.last or 0
+                race = s.assignment.race
+                race_min[race] = min(seq, race_min.get(race, seq))
+        tick = WorkerTick(
+            worker=self.config.worker,
+            wall=time.time(),
+            connected=connected,
+            failed=failed,
+            messages=rec.messages,
+            received_bytes=rec.received_bytes,
+            negative=rec.tally.negative,
+            histogram=hist.encode() if hist.get_total_count() else b"",
+            latency_sum_s=rec.tally.sum_s,
+            faults=faults,
+            race_min_seq=race_min,
+            final=final,
+            clients=[s.result() for s in self.states] if final else [],
+        )
+        rec.messages = rec.received_bytes = rec.tally.negative = 0
+        rec.tally.sum_s = 0.0
+        hist.reset()
+        encoded: bytes = tick_encoder.encode(tick)
+        return encoded
+
+    async def run(self, commands: asyncio.Queue[str]) -> None:
+        gate = asyncio.Semaphore(self.config.connect_concurrency)
+        tasks = [asyncio.ensure_future(self._client(s, gate)) for s in self.states]
+        next_tick = time.monotonic() + self.config.interval_s
+        while True:
+            try:
+                command = await asyncio.wait_for(
+                    commands.get(), timeout=max(0.0, next_tick - time.monotonic())
+                )
+            except TimeoutError:
+                self.send(self.tick())
+                next_tick += self.config.interval_s
+                continue
+            if command == "stop":
+                break
+        self.stop.set()
+        await asyncio.wait(tasks, timeout=self.config.connect_timeout_s)
+        for t in tasks:
+            t.cancel()
+        self.send(self.tick(final=True))
+
+
+def worker_main(config: WorkerConfig, conn: Connection) -> None:
+    """Entry point of a client process: run until the parent says ``stop``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    if config.nice:
+        with contextlib.suppress(OSError):
+            os.nice(config.nice)
+    raise_fd_limit()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        commands: asyncio.Queue[str] = asyncio.Queue()
+
+        def readable() -> None:
+            try:
+                commands.put_nowait(conn.recv())
+            except EOFError:
+                loop.remove_reader(conn.fileno())
+                commands.put_nowait("stop")
+
+        loop.add_reader(conn.fileno(), readable)
+        worker = Worker(config, conn.send_bytes)
+        await worker.run(commands)
+        loop.remove_reader(conn.fileno())
+
+    asyncio.run(main())
+    conn.close()
+
+
+def raise_fd_limit() -> None:
+    """Lift this process's open-file limit to the hard limit: one socket per client."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,0 +1,1 @@
+"""Importers: race articles and official timing exports become recordings."""

@@ -1,0 +1,1 @@
+"""Recorded races: the versioned format, reading and writing files, validation."""

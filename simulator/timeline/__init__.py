@@ -1,0 +1,1 @@
+"""The timeline: a recording in, the ordered events of its race out (pure, seeded)."""

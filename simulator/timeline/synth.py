@@ -1,0 +1,1059 @@
+"""Synthesise a race from its results: lap-by-lap events that end in the official classification.
+
+The solver works backwards from the result. It fixes when the flag falls
+and when each car must cross the line for the last time (in classification
+order, with the recorded laps), lays yellows so that the winner's laps fill
+the race, drives the winner (the safety car picks it up), then drives every
+other car alone through that schedule with the pace multiplier that brings
+it to its last crossing at exactly that time. Where a car's drive jumps
+with its pace (a yellow catching it just ahead of the safety car, a stop
+falling under a yellow or not) the car is made early, never late; once the
+last neutralisation is over nothing jumps and the pace is solved again,
+exactly. Time a car cannot lose by lapping slower goes into its stops
+(repairs in the garage). ``docs/TIMELINE.md`` tells the whole story.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from msgspec.structs import replace
+
+from chequered.contract.events import (
+    Event,
+    Finish,
+    Flag,
+    FlagState,
+    Lap,
+    PitIn,
+    PitOut,
+    Retire,
+    Sector,
+)
+from simulator.recording.format import ClassificationRow, Recording
+from simulator.timeline.assemble import assemble, session_closed, session_opened
+from simulator.timeline.cautions import CautionSettings, Neutral, Schedule, place_yellows
+from simulator.timeline.pace import FLOOR, CarPace, PaceSettings, draw_pace, reference_laps
+from simulator.timeline.pitstops import PitSettings, Stop, StopRule, window_laps
+from simulator.timeline.trajectory import (
+    LANE_IN,
+    LINE,
+    PIT_IN,
+    PIT_OUT,
+    SECTOR,
+    CarPlan,
+    Progress,
+    Record,
+    Walk,
+    advance,
+    estimate,
+    start,
+)
+
+EARLY_MS = 5_000.0
+"""The pace chosen at the start may bring a car up to this much early: it is
+chosen again, exactly, once the last neutralisation is over."""
+
+
+class SynthesisError(ValueError):
+    """The recording's result cannot be reproduced; the message names the car and why."""
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    pace: PaceSettings = field(default_factory=PaceSettings)
+    pits: PitSettings = field(default_factory=PitSettings)
+    cautions: CautionSettings = field(default_factory=CautionSettings)
+    grid_gap_s: float = 0.45
+    """Rolling start: each grid slot crosses the line this much after the one ahead."""
+    pace_cap: float = 1.045
+    """Above this pace multiplier a car loses the rest of its surplus in the pits."""
+    garage_pace: tuple[float, float] = (1.0, 1.02)
+    """Pace multiplier of a car that needs a long stop, uniform."""
+    natural_pace: tuple[float, float] = (1.0, 1.015)
+    """Pace multiplier behind a retired car's last lap and the winner's, uniform."""
+    finish_window: float = 0.8
+    """Cars on one lap take the flag within this share of their quickest lap."""
+    winner_overrun: tuple[float, float] = (0.1, 0.8)
+    """The winner's last crossing, in shares of its lap, after time runs out."""
+    retire_margin_laps: float = 2.0
+    """A retired car's last crossing comes at least this many laps before the flag."""
+    retire_in_pits_p: float = 0.4
+    """Chance that a car retires in the pit lane rather than out on the track."""
+    winner_pace_max: float = 1.08
+    """Slowest green pace multiplier the winner may be given to fit a car's laps."""
+    winner_pace_steps: int = 6
+    """Bisection steps when searching for it."""
+    natural_yellow_share: float = 0.08
+    """Yellow time of a race whose length the result does not pin down."""
+    sector_noise: float = 0.004
+    """Spread of an intermediate crossing, in shares of the lap."""
+    yellow_wander_ms: float = 400.0
+    """Spread of a line crossing behind the safety car."""
+    solve_tol_ms: float = 1.0
+    finish_gap_ms: float = 100.0
+    """Two cars on the same lap cross the line for the last time at least this far apart."""
+    sector_shares: dict[str, tuple[float, ...]] = field(
+        default_factory=lambda: {"laguna seca": (0.379, 0.387, 0.234)}
+    )
+    """Time share of each sector by circuit (name contains the key), when known."""
+
+
+@dataclass
+class Target:
+    number: str
+    cls: str
+    laps: int
+    status: str
+    finisher: bool
+    """Running at the flag (classified, not classified or later disqualified)."""
+    tau: float = 0.0
+    """Time of the car's last crossing of the line."""
+    gap_ms: int | None = None
+    """Recorded gap to the winner at the flag (same lap only)."""
+    m_guess: float = 1.0
+    """Pace multiplier expected to bring the car there (where the solver starts)."""
+
+
+@dataclass
+class Car:
+    target: Target
+    drivers: list[str]
+    plan: CarPlan
+    d_stop: float = 0.0
+    retire_in_pits: bool = False
+    record: list[Record] = field(default_factory=list)
+    walk: Walk | None = None
+    progress: Progress | None = None
+    m_history: list[float] = field(default_factory=list)
+    retire_ms: float = 0.0
+
+    @property
+    def pace(self) -> CarPace:
+        return self.plan.pace
+
+
+@dataclass
+class Synthesis:
+    """A synthesised race: its events and what the solver decided."""
+
+    events: list[Event]
+    end_ms: float
+    """When time ran out (the scheduled length, plus any red-flag time the clock stood still)."""
+    chequered_ms: float
+    schedule: Schedule
+    cars: dict[str, Car]
+
+
+def _rng(seed: int, race: str, *parts: object) -> random.Random:
+    return random.Random(":".join([str(seed), race, *map(str, parts)]))
+
+
+# -- the result to reach --------------------------------------------------------
+
+
+def targets(recording: Recording) -> list[Target]:
+    """Every starter's laps and status, in classification order.
+
+    A row without laps takes the laps of the nearest classified row above it
+    when classified, else 0. A starter no row names is treated as out on the
+    opening lap.
+    """
+    grid = list(recording.grid) or [e.number for e in recording.entries]
+    started = set(grid)
+    cls_of = {e.number: e.cls for e in recording.entries}
+    out: list[Target] = []
+    seen: set[str] = set()
+    last_laps: int | None = None
+    rows: list[ClassificationRow] = sorted(recording.classification, key=lambda r: r.position)
+    for row in rows:
+        if row.number is None or row.number not in started or row.status == "dns":
+            continue
+        laps = row.laps
+        running = row.status in ("classified", "not_classified", "disqualified")
+        if laps is None:
+            laps = last_laps if (running and last_laps is not None) else 0
+        if running:
+            last_laps = laps
+        out.append(
+            Target(
+                number=row.number,
+                cls=row.cls or cls_of.get(row.number, "?"),
+                laps=laps,
+                status=row.status,
+                finisher=running and laps > 0,
+                gap_ms=row.gap_ms if row.gap_laps in (None, 0) else None,
+            )
+        )
+        seen.add(row.number)
+    for number in grid:
+        if number not in seen:
+            out.append(
+                Target(
+                    number=number,
+                    cls=cls_of.get(number, "?"),
+                    laps=0,
+                    status="retired",
+                    finisher=False,
+                )
+            )
+    return out
+
+
+def _sector_marks(recording: Recording, settings: SynthSettings) -> tuple[float, ...]:
+    lines = recording.facts.timing_lines
+    name = recording.facts.circuit.name.lower()
+    shares: tuple[float, ...] = tuple(1.0 / lines for _ in range(lines))
+    for key, known in settings.sector_shares.items():
+        if key in name and len(known) == lines:
+            shares = known
+    marks: list[float] = []
+    acc = 0.0
+    for share in shares[:-1]:
+        acc += share
+        marks.append(acc)
+    return tuple(marks)
+
+
+# -- root finding -------------------------------------------------------------
+
+
+def _root(
+    f: Callable[[float], float],
+    guess: float,
+    step: float,
+    floor: float,
+    tol: float,
+    xtol: float,
+    early: float = 0.0,
+    slope: float = 0.0,
+) -> tuple[float, float]:
+    """The x >= ``floor`` where the increasing ``f`` crosses 0, and f there.
+
+    Any x with ``-early - tol <= f(x) <= tol`` will do.
+
+    Brackets the root from ``guess`` in steps that double, then runs
+    Illinois false position with a bisection step whenever the bracket fails
+    to halve: the estimates are piecewise linear, so it takes a handful of
+    evaluations. Where ``f`` jumps over 0 it returns the last x below the
+    jump (f < 0); when even ``floor`` is too late it returns ``floor``.
+    """
+    x = max(guess, floor)
+    fx = f(x)
+    if -early - tol <= fx <= tol:
+        return x, fx
+    if slope > 0:
+        # A Newton step on the expected slope, a little long, to bracket at once.
+        step = max(step, 1.2 * abs(fx) / slope)
+    if fx < 0:
+        lo, flo = x, fx
+        hi = x + step
+        fhi = f(hi)
+        while fhi < 0:
+            lo, flo = hi, fhi
+            step *= 2
+            hi = lo + step
+            fhi = f(hi)
+            if step > 1e9:
+                return hi, fhi
+    else:
+        hi, fhi = x, fx
+        lo = max(floor, x - step)
+        flo = f(lo)
+        while flo > 0:
+            if lo <= floor:
+                return lo, flo
+            hi, fhi = lo, flo
+            step *= 2
+            lo = max(floor, hi - step)
+            flo = f(lo)
+    if -early - tol <= flo <= tol:
+        return lo, flo
+    if abs(fhi) <= tol:
+        return hi, fhi
+    side = 0
+    width = 2 * (hi - lo)
+    for _ in range(100):
+        # Bisect when the last step did not halve the bracket (a jump, or a kink).
+        halved = hi - lo <= 0.5 * width
+        x = (lo * fhi - hi * flo) / (fhi - flo) if halved else 0.5 * (lo + hi)
+        width = hi - lo
+        fx = f(x)
+        if -early - tol <= fx <= tol:
+            return x, fx
+        if fx < 0:
+            lo, flo = x, fx
+            if side == -1:
+                fhi /= 2
+            side = -1
+        else:
+            hi, fhi = x, fx
+            if side == 1:
+                flo /= 2
+            side = 1
+        if hi - lo <= xtol:
+            break
+    return lo, f(lo)
+
+
+# -- one car's plan ---------------------------------------------------------------
+
+
+def _est(
+    car: Car, schedule: Schedule, m: float, p: Progress | None = None, bunch: bool = True
+) -> float:
+    p = p if p is not None else start(car.plan)
+    return estimate(Walk(plan=car.plan, schedule=schedule, m=m, bunch=bunch), p, car.target.laps)
+
+
+def _solve(
+    car: Car,
+    schedule: Schedule,
+    p: Progress,
+    tol: float,
+    guess: float,
+    bunch: bool = True,
+    early: float = 0.0,
+) -> tuple[float, float]:
+    """The pace multiplier that brings the car to its last crossing at its target time.
+
+    Returns it and how late (> 0) or early (< 0) the car then is. Where the
+    estimate jumps (a car caught by a yellow just ahead of or just behind the
+    safety car) the car comes out early and loses the surplus later.
+    """
+    tau = car.target.tau
+    xtol = 3e-4 if early else 1e-6
+    return _root(
+        lambda m: _est(car, schedule, m, p, bunch) - tau,
+        guess,
+        0.002,
+        _m_floor(car),
+        tol,
+        xtol,
+        early,
+        # Time at green pace is most of what is left: the slope of the estimate.
+        slope=0.6 * max(tau - p.t, 1.0),
+    )
+
+
+def _m_floor(car: Car) -> float:
+    """Lowest pace multiplier that keeps every green lap at or above the floor."""
+    return FLOOR / car.pace.min_factor()
+
+
+def _stops_ahead(car: Car, schedule: Schedule, m: float, p: Progress, bunch: bool) -> list[Stop]:
+    """The stops the car makes from ``p`` on at pace ``m``."""
+    walk = Walk(plan=car.plan, schedule=schedule, m=m, bunch=bunch, keep_stops=True)
+    advance(walk, p.copy(), d_stop=float(car.target.laps))
+    return walk.stops
+
+
+def _add_time(
+    car: Car,
+    schedule: Schedule,
+    p: Progress,
+    m: float,
+    pits: PitSettings,
+    stop: Stop | None = None,
+    bunch: bool = True,
+) -> bool:
+    """Lose the car's surplus at pace ``m`` standing in a stop ahead; False if there is none.
+
+    The stop is one the car makes anyway (it becomes a repair), or an extra
+    one as far from the others as the laps left allow.
+    """
+    laps = car.target.laps
+    fixed = car.plan.rule.fixed
+    if stop is None:
+        planned = [s for s in _stops_ahead(car, schedule, m, p, bunch) if p.laps + 1 < s.lap < laps]
+        if planned:
+            stop = planned[len(planned) // 2]
+        else:
+            options = range(p.laps + 2, laps)
+            if not options:
+                return False
+            taken = [s.lap for s in _stops_ahead(car, schedule, m, p, bunch)] + [p.laps]
+            lap = max(options, key=lambda k: min(abs(k - s) for s in taken))
+            stop = Stop(
+                lap=lap, service_ms=sum(pits.stationary_s) * 500, lane_ms=sum(pits.lane_s) * 500
+            )
+        fixed[stop.lap] = stop
+    # One estimate: the surplus at this pace is the time to stand; the pace
+    # solved afterwards takes up what the yellows make of it.
+    early = car.target.tau - _est(car, schedule, m, p, bunch)
+    stop.extra_ms += max(0.0, early)
+    stop.reason = "repairs"
+    return True
+
+
+# -- the race ---------------------------------------------------------------------
+
+
+class _Infeasible(SynthesisError):
+    """A car cannot reach its recorded laps in this layout of the race."""
+
+    def __init__(self, message: str, car: str) -> None:
+        super().__init__(message)
+        self.car = car
+
+
+def _feasible(
+    recording: Recording,
+    race: str,
+    seed: int,
+    settings: SynthSettings,
+    m_w: float,
+    only: set[str],
+) -> bool:
+    try:
+        _layout(recording, race, seed, settings, m_w, only=only)
+    except _Infeasible:
+        return False
+    return True
+
+
+@dataclass
+class _Layout:
+    cars: dict[str, Car]
+    winner: Car
+    schedule: Schedule
+    end_ms: float
+    chequered: float
+    winner_pace: float
+
+
+def synthesise(
+    recording: Recording,
+    *,
+    seed: int = 0,
+    race: str | None = None,
+    settings: SynthSettings | None = None,
+) -> Synthesis:
+    """Events of a results-only race recording, reproducing its classification.
+
+    The winner's green pace is drawn at random; when some car's recorded
+    laps need the winner to have lapped slower than that (its reference lap
+    says it is too slow for them), the slowest such pace is found by
+    bisection: a slower winner leaves less to make up between yellows.
+    """
+    settings = settings or SynthSettings()
+    race = race or recording.facts.id
+    m_w = _rng(seed, race, "winner").uniform(*settings.natural_pace)
+    tight: set[str] = set()
+    while True:
+        try:
+            layout = _layout(recording, race, seed, settings, m_w)
+            break
+        except _Infeasible as exc:
+            if exc.car in tight:
+                raise SynthesisError(str(exc)) from exc
+            # Only the cars found too slow so far need solving while searching.
+            tight.add(exc.car)
+            lo, hi = m_w, settings.winner_pace_max
+            if not _feasible(recording, race, seed, settings, hi, tight):
+                raise SynthesisError(str(exc)) from exc
+            for _ in range(settings.winner_pace_steps):
+                mid = 0.5 * (lo + hi)
+                if _feasible(recording, race, seed, settings, mid, tight):
+                    hi = mid
+                else:
+                    lo = mid
+            m_w = hi
+    tol = settings.solve_tol_ms
+    for car in layout.cars.values():
+        if car is not layout.winner:
+            _run(car, layout.schedule, settings, tol, bunch=True)
+    _retire_times(layout, seed, race)
+    events = _events(
+        recording, race, layout.cars, layout.schedule, layout.chequered, seed, settings
+    )
+    return Synthesis(
+        events=events,
+        end_ms=layout.end_ms,
+        chequered_ms=layout.chequered,
+        schedule=layout.schedule,
+        cars=layout.cars,
+    )
+
+
+def _make_cars(
+    recording: Recording, race: str, seed: int, settings: SynthSettings
+) -> dict[str, Car]:
+    all_targets = targets(recording)
+    if not all_targets:
+        raise SynthesisError(f"{race}: no car started")
+    refs = reference_laps(recording, settings.pace)
+    marks = _sector_marks(recording, settings)
+    grid = list(recording.grid) or [e.number for e in recording.entries]
+    slot = {n: i for i, n in enumerate(grid)}
+    qual_driver = {q.number: q.driver for q in recording.qualifying if q.driver}
+    pole = min((refs[t.number] for t in all_targets if t.number in refs), default=90_000)
+    cars: dict[str, Car] = {}
+    for t in all_targets:
+        entry = recording.entry(t.number)
+        drivers = [d.name for d in entry.drivers] if entry and entry.drivers else [f"#{t.number}"]
+        fastest = 0
+        if qual_driver.get(t.number) in drivers:
+            fastest = drivers.index(qual_driver[t.number])
+        ref = float(refs.get(t.number, pole * 1.1))
+        pace = draw_pace(
+            ref,
+            t.cls,
+            len(drivers),
+            fastest,
+            t.laps + 3,
+            _rng(seed, race, t.number, "pace"),
+            settings.pace,
+        )
+        car_seed = f"{seed}:{race}:{t.number}"
+        rule = StopRule(
+            laps=t.laps if t.finisher else t.laps + 1,
+            window=window_laps(t.cls, ref * (1 + pace.base), settings.pits),
+            n_drivers=len(drivers),
+            seed=car_seed,
+            settings=settings.pits,
+        )
+        plan = CarPlan(
+            number=t.number,
+            pace=pace,
+            start_ms=slot.get(t.number, len(grid)) * settings.grid_gap_s * 1000,
+            rule=rule,
+            first_driver=random.Random(f"{car_seed}:first").randrange(len(drivers)),
+            catch_factor=settings.cautions.catch_factor,
+            sector_marks=marks,
+        )
+        cars[t.number] = Car(target=t, drivers=drivers, plan=plan)
+    return cars
+
+
+def _layout(
+    recording: Recording,
+    race: str,
+    seed: int,
+    settings: SynthSettings,
+    m_w: float,
+    only: set[str] | None = None,
+) -> _Layout:
+    """Everything but the drive: the schedule, the targets, each car's plan and pace.
+
+    Raises ``_Infeasible`` when a car cannot make its recorded laps. With
+    ``only``, the pace of the other cars (but the winner) is left unsolved.
+    """
+    facts = recording.facts
+    cars = _make_cars(recording, race, seed, settings)
+    finishers = [c for c in cars.values() if c.target.finisher]
+    if not finishers:
+        raise SynthesisError(f"{race}: no car was running at the finish")
+    winner = finishers[0]
+    cs = settings.cautions
+    pole = min(c.pace.reference_ms for c in cars.values())
+    fcy_ms = pole * cs.fcy_lap_factor
+    wrng = _rng(seed, race, "winner", "layout")
+    schedule = Schedule(periods=[], fcy_ms=fcy_ms, settings=cs)
+
+    # Interruptions the race facts record, at the winner's pace.
+    fixed: list[Neutral] = []
+    red_total = 0.0
+    for stop_ in sorted(facts.interruptions, key=lambda i: i.lap):
+        frac = wrng.uniform(0.15, 0.5)
+        p = start(winner.plan)
+        probe = Schedule(periods=list(fixed), fcy_ms=fcy_ms, settings=cs)
+        advance(Walk(plan=winner.plan, schedule=probe, m=m_w), p, d_stop=stop_.lap + frac)
+        begin = p.t
+        end = begin + stop_.duration_s * 1000
+        if stop_.kind == "red_flag":
+            fixed.append(Neutral("red", begin, end, bunch=False, reason=stop_.reason))
+            fixed.append(
+                Neutral(
+                    "fcy",
+                    end,
+                    end + cs.restart_laps * fcy_ms,
+                    bunch=False,
+                    reason="restart behind the safety car",
+                )
+            )
+            red_total += stop_.duration_s * 1000
+        else:
+            fixed.append(Neutral("fcy", begin, end, reason=stop_.reason))
+    schedule = Schedule(periods=fixed, fcy_ms=fcy_ms, settings=cs)
+    t_fixed = _est(winner, schedule, m_w)
+
+    # When time runs out, and the yellows that make the winner's laps fill the race.
+    ref_w = winner.pace.reference_ms
+    g_w = ref_w * (1 + winner.pace.base)
+    loss_per_ms = max(0.05, 1.0 - m_w * g_w / fcy_ms)
+    if facts.length.duration_s is not None:
+        scheduled = facts.length.duration_s * 1000.0
+        end_ms = scheduled
+        if t_fixed > scheduled and red_total > 0:
+            # The result shows the clock stood still for part of the red flag.
+            racing = t_fixed - _red_span(fixed)
+            end_ms = min(scheduled + red_total, t_fixed + settings.natural_yellow_share * racing)
+        tau_w = end_ms + wrng.uniform(*settings.winner_overrun) * FLOOR * ref_w
+        yellow = (tau_w - t_fixed) / loss_per_ms
+    else:
+        yellow = settings.natural_yellow_share * t_fixed / (1 - settings.natural_yellow_share)
+        end_ms = 0.0
+        tau_w = 0.0
+    horizon = end_ms if end_ms else t_fixed + yellow * loss_per_ms
+    placed = place_yellows(yellow, horizon, fixed, _rng(seed, race, "yellows"), cs)
+    schedule = Schedule(
+        periods=sorted([*fixed, *placed], key=lambda p: p.start), fcy_ms=fcy_ms, settings=cs
+    )
+    if end_ms and placed:
+        # Stretch or shrink the yellows so that the winner, at its own pace, takes
+        # the flag just when it should: the estimate above knew nothing of stops
+        # made cheaply under yellow, nor of the spread of lap times.
+        room = _yellow_room(placed, fixed, horizon, cs)
+
+        def late(k: float) -> float:
+            schedule.periods = _scaled(fixed, placed, k, room)
+            return _est(winner, schedule, m_w, bunch=False) - tau_w
+
+        k, _ = _root(late, 1.0, 0.1, 0.0, settings.solve_tol_ms, 1e-4, early=1000.0)
+        schedule.periods = _scaled(fixed, placed, k, room)
+    if not end_ms:
+        tau_w = _est(winner, schedule, m_w)
+        end_ms = tau_w
+    winner.target.tau = tau_w
+    winner.target.m_guess = m_w
+    tol = settings.solve_tol_ms
+
+    def prepare(car: Car) -> None:
+        _prepare(car, schedule, settings, seed, race, tol)
+
+    # The winner first: the safety car picks it up at every yellow.
+    prepare(winner)
+
+    def place_safety_car(idx: int, p: Progress) -> None:
+        period = schedule.periods[idx]
+        if period.kind == "fcy" and period.bunch:
+            schedule.sc[idx] = p.d + 0.002
+
+    _run(winner, schedule, settings, tol, bunch=False, on_start=place_safety_car)
+    assert winner.progress is not None
+    chequered = winner.progress.t
+
+    # Every other car's last crossing: where its own pace brings it (or its
+    # recorded gap to the winner), kept in classification order within the
+    # lap after the flag.
+    gap = settings.finish_gap_ms
+    natural: dict[str, float] = {}
+    groups: dict[int, list[Car]] = {}
+    for car in finishers:
+        groups.setdefault(car.target.laps, []).append(car)
+    for group in groups.values():
+        rest = [c for c in group if c is not winner]
+        if not rest:
+            continue
+        window_ms = settings.finish_window * FLOOR * min(c.pace.reference_ms for c in group)
+        if window_ms <= gap * (len(rest) + 1):
+            raise SynthesisError(f"{race}: too many cars on lap {group[0].target.laps} to finish")
+        for car in rest:
+            known = car.target.gap_ms if winner in group else None
+            if known is not None:
+                car.target.tau = chequered + known
+                continue
+            m = _rng(seed, race, car.target.number, "finish").uniform(*settings.natural_pace)
+            car.target.tau = _est(car, schedule, m)
+            car.target.m_guess = m
+            natural[car.target.number] = car.target.tau
+        first = chequered + gap
+        last = chequered + window_ms
+        for i, car in enumerate(rest):
+            car.target.tau = min(max(car.target.tau, first + i * gap), last - (len(rest) - i) * gap)
+        for above, car in itertools.pairwise(rest):
+            car.target.tau = max(car.target.tau, above.target.tau + gap)
+    retired = [c for c in cars.values() if not c.target.finisher]
+    latest: dict[str, float] = {}
+    for car in retired:
+        rrng = _rng(seed, race, car.target.number, "retire")
+        car.retire_in_pits = rrng.random() < settings.retire_in_pits_p and car.target.laps > 0
+        if car.target.laps == 0:
+            continue
+        m = rrng.uniform(*settings.natural_pace)
+        latest[car.target.number] = (
+            chequered - settings.retire_margin_laps * car.pace.reference_ms * 1.1
+        )
+        natural[car.target.number] = _est(car, schedule, m)
+        car.target.tau = min(natural[car.target.number], latest[car.target.number])
+        car.target.m_guess = m
+    # Cars out on the same lap keep their recorded order: each after the one above.
+    by_laps: dict[int, list[Car]] = {}
+    for car in retired:
+        if car.target.laps > 0:
+            by_laps.setdefault(car.target.laps, []).append(car)
+    for group in by_laps.values():
+        for above, car in itertools.pairwise(group):
+            car.target.tau = max(car.target.tau, above.target.tau + gap)
+        bound = float("inf")
+        for car in reversed(group):
+            car.target.tau = min(car.target.tau, latest[car.target.number], bound - gap)
+            bound = car.target.tau
+    # Where a target moved off a car's natural time, start the solver from a
+    # pace scaled to match (green running is most of the time).
+    for number, t_nat in natural.items():
+        target = cars[number].target
+        target.m_guess *= 1.0 + (target.tau - t_nat) / (0.6 * max(target.tau, 1.0))
+
+    for car in cars.values():
+        if car is not winner and (only is None or car.target.number in only):
+            prepare(car)
+    return _Layout(
+        cars=cars,
+        winner=winner,
+        schedule=schedule,
+        end_ms=end_ms,
+        chequered=chequered,
+        winner_pace=m_w,
+    )
+
+
+def _yellow_room(
+    placed: list[Neutral], fixed: list[Neutral], horizon: float, cs: CautionSettings
+) -> list[float]:
+    """How far each placed yellow may reach: short of the next period, or of the final green."""
+    last_end = horizon - max(cs.final_green_min_s * 1000, cs.final_green_share * horizon)
+    starts = sorted(p.start for p in [*placed, *fixed])
+    room: list[float] = []
+    for p in placed:
+        later = [s for s in starts if s > p.start]
+        limit = (later[0] - cs.min_green_s * 500) if later else last_end
+        room.append(max(p.end, min(limit, max(last_end, p.end))))
+    return room
+
+
+def _scaled(
+    fixed: list[Neutral], placed: list[Neutral], k: float, room: list[float]
+) -> list[Neutral]:
+    """The periods with each placed yellow's length times ``k`` (within its room)."""
+    out = list(fixed)
+    for p, limit in zip(placed, room, strict=True):
+        end = min(p.start + max(60_000.0, k * (p.end - p.start)), limit)
+        out.append(Neutral(p.kind, p.start, end, bunch=p.bunch, reason=p.reason))
+    return sorted(out, key=lambda p: p.start)
+
+
+def _retire_times(layout: _Layout, seed: int, race: str) -> None:
+    """When each retired car is given up: cars out on the same lap in their recorded order."""
+    previous: dict[int, float] = {}
+    for car in layout.cars.values():
+        if car.target.finisher or car.progress is None:
+            continue
+        when = car.progress.t
+        if car.retire_in_pits:
+            when += _rng(seed, race, car.target.number, "garage-time").uniform(30_000, 240_000)
+            when = min(when, layout.chequered - 1000.0)
+        when = max(when, car.progress.t)
+        if car.target.laps == 0:
+            # Out on the opening lap: reported in the order of the result.
+            when = max(when, previous.get(0, 0.0) + 300.0)
+            previous[0] = when
+        car.retire_ms = when
+
+
+def _prepare(
+    car: Car,
+    schedule: Schedule,
+    settings: SynthSettings,
+    seed: int,
+    race: str,
+    tol: float,
+) -> None:
+    """The car's starting pace; a repair stop where its laps say it lost time."""
+    t = car.target
+    if t.laps == 0:
+        car.d_stop = _rng(seed, race, t.number, "crash").uniform(0.02, 0.1)
+        car.m_history.append(1.0)
+        return
+    m0, late = _solve(car, schedule, start(car.plan), tol, t.m_guess, early=EARLY_MS)
+    if late > tol:
+        m0 = _tighten(car, schedule, tol, race)
+    if m0 > settings.pace_cap:
+        grng = _rng(seed, race, t.number, "garage")
+        m_g = grng.uniform(*settings.garage_pace)
+        repair = _repair_stop(car, schedule, m_g, grng, settings.pits)
+        _add_time(car, schedule, start(car.plan), m_g, settings.pits, repair)
+        m0, late = _solve(car, schedule, start(car.plan), tol, m_g, early=EARLY_MS)
+    car.m_history.append(m0)
+    if t.finisher:
+        car.d_stop = float(t.laps)
+    elif car.retire_in_pits:
+        lap = t.laps + 1
+        car.plan.rule.fixed[lap] = Stop(
+            lap=lap, service_ms=3_600_000.0, lane_ms=24_000.0, reason="retired"
+        )
+        car.d_stop = lap - LANE_IN + 1e-6
+    else:
+        car.d_stop = t.laps + _rng(seed, race, t.number, "where").uniform(0.1, 0.9)
+
+
+def _tighten(car: Car, schedule: Schedule, tol: float, race: str) -> float:
+    """Make a car that its reference lap calls too slow for its laps drive closer to it.
+
+    Scales down everything that makes its green laps slower than the
+    reference (traffic, the slower drivers, lap-to-lap spread) just as much
+    as its result needs; the floor stays where it is.
+    """
+    full = car.plan.pace
+    t = car.target
+
+    def late_at(scale: float) -> float:
+        """How late the car is at that scale, lapping as quick as the floor lets it."""
+        car.plan.pace = dataclasses.replace(full, scale=scale)
+        return _est(car, schedule, _m_floor(car)) - t.tau
+
+    if late_at(0.0) > tol:
+        raise _Infeasible(
+            f"{race}: car #{t.number} cannot complete {t.laps} laps by "
+            f"{t.tau / 1000:.0f} s without lapping quicker than {FLOOR:.3f} of its reference lap",
+            t.number,
+        )
+    lo, hi = 0.0, 1.0
+    for _ in range(6):
+        mid = 0.5 * (lo + hi)
+        if late_at(mid) <= tol:
+            lo = mid
+        else:
+            hi = mid
+    late_at(lo)
+    m, _ = _solve(car, schedule, start(car.plan), tol, 1.0, early=EARLY_MS)
+    return m
+
+
+def _run(
+    car: Car,
+    schedule: Schedule,
+    settings: SynthSettings,
+    tol: float,
+    *,
+    bunch: bool,
+    on_start: Callable[[int, Progress], None] | None = None,
+) -> None:
+    """Drive the car to its end; once the last neutralisation is over, pick the pace
+    that brings it to its last crossing exactly on time."""
+    car.walk = walk = Walk(
+        plan=car.plan, schedule=schedule, m=car.m_history[-1], bunch=bunch, record=car.record
+    )
+    car.progress = p = start(car.plan)
+    periods = schedule.periods
+    for idx, period in enumerate(periods):
+        if p.d >= car.d_stop:
+            break
+        advance(walk, p, t_stop=period.start, d_stop=car.d_stop)
+        if on_start is not None and p.d < car.d_stop:
+            on_start(idx, p)
+        advance(walk, p, t_stop=period.end, d_stop=car.d_stop)
+        if any(q.start >= period.end for q in periods[idx + 1 :]):
+            continue  # the estimate is the drive itself until the last neutralisation
+        if p.d >= car.d_stop or car.target.laps == 0 or p.laps >= car.target.laps:
+            continue
+        m, _ = _solve(car, schedule, p, tol, walk.m, bunch)
+        if m > settings.pace_cap and _add_time(
+            car, schedule, p, settings.pace_cap, settings.pits, None, bunch
+        ):
+            m, _ = _solve(car, schedule, p, tol, settings.pace_cap, bunch)
+        walk.m = m
+        car.m_history.append(m)
+    if p.d < car.d_stop:
+        advance(walk, p, d_stop=car.d_stop)
+
+
+def _red_span(periods: list[Neutral]) -> float:
+    return sum(p.end - p.start for p in periods)
+
+
+def _repair_stop(
+    car: Car, schedule: Schedule, m: float, rng: random.Random, pits: PitSettings
+) -> Stop:
+    """The stop where the car loses its deficit: its routine stop nearest a random lap,
+    or one of its own."""
+    laps = car.target.laps
+    lo, hi = max(2, int(laps * 0.15)), max(3, int(laps * 0.85))
+    lap = min(rng.randint(lo, max(lo, hi)), max(1, laps - 1))
+    planned = [s for s in _stops_ahead(car, schedule, m, start(car.plan), True) if s.lap < laps]
+    near = sorted((abs(s.lap - lap), s.lap, s) for s in planned if abs(s.lap - lap) <= 6)
+    if near:
+        stop = near[0][2]
+    else:
+        stop = Stop(
+            lap=lap,
+            service_ms=rng.uniform(*pits.stationary_s) * 1000,
+            lane_ms=rng.uniform(*pits.lane_s) * 1000,
+        )
+    stop.reason = "repairs"
+    car.plan.rule.fixed[stop.lap] = stop
+    return stop
+
+
+# -- events -------------------------------------------------------------------------
+
+
+def _deep_in_yellow(schedule: Schedule, t: float, margin: float) -> bool:
+    return any(p.kind == "fcy" and p.start + margin < t < p.end - margin for p in schedule.periods)
+
+
+def _flag_at(schedule: Schedule, t_ms: int, chequered: float) -> FlagState:
+    """The flag at the line at ``t_ms``, as the flag events (in whole ms) give it."""
+    if t_ms >= round(chequered):
+        return "chequered"
+    for period in schedule.periods:
+        if round(period.start) <= t_ms < round(period.end):
+            return "red" if period.kind == "red" else "fcy"
+        if round(period.start) > t_ms:
+            break
+    return "green"
+
+
+def _events(
+    recording: Recording,
+    race: str,
+    cars: dict[str, Car],
+    schedule: Schedule,
+    chequered: float,
+    seed: int,
+    settings: SynthSettings,
+) -> list[Event]:
+    lines = recording.facts.timing_lines
+    drafts: list[Event] = []
+    drafts.append(Flag(race=race, seq=1, t_ms=0, flag="green", reason="start"))
+    for period in schedule.periods:
+        start, end = round(period.start), round(period.end)
+        drafts.append(Flag(race=race, seq=1, t_ms=start, flag=period.kind, reason=period.reason))
+        following = [p for p in schedule.periods if p.start == period.end]
+        if not following:
+            drafts.append(Flag(race=race, seq=1, t_ms=end, flag="green", reason="restart"))
+    drafts.append(Flag(race=race, seq=1, t_ms=round(chequered), flag="chequered"))
+    last = round(chequered)
+    for car in cars.values():
+        car_events = _car_events(car, race, lines, schedule, chequered, seed, settings)
+        if car_events:
+            last = max(last, max(e.t_ms for e in car_events))
+        drafts.extend(car_events)
+    drafts.insert(0, session_opened(recording, race=race))
+    closed = session_closed(recording, race=race, t_ms=last)
+    laps_of = {c.target.number: c.target.laps for c in cars.values()}
+    rows = [
+        replace(r, laps=laps_of[r.car]) if r.laps == 0 and laps_of.get(r.car) else r
+        for r in closed.classification
+    ]
+    drafts.append(replace(closed, classification=rows))
+    return assemble(drafts, race=race, lines=lines, session="race", grid=list(recording.grid))
+
+
+def _car_events(
+    car: Car,
+    race: str,
+    lines: int,
+    schedule: Schedule,
+    chequered: float,
+    seed: int,
+    settings: SynthSettings,
+) -> list[Event]:
+    number = car.target.number
+    rng = _rng(seed, race, number, "sectors")
+    rec = list(car.record)
+    # Intermediate crossings wander a little within their lap, and so do the
+    # line crossings behind the safety car, which would otherwise all take
+    # the same time to the millisecond (display only: the order of the cars
+    # and every lap that decides the result stay as driven).
+    times = [r[1] for r in rec]
+    margin = settings.yellow_wander_ms * 4
+    for i, r in enumerate(rec):
+        if r[0] == SECTOR:
+            sd = settings.sector_noise * car.pace.reference_ms
+        elif r[0] == LINE and _deep_in_yellow(schedule, r[1], margin):
+            sd = settings.yellow_wander_ms
+        else:
+            continue
+        prev = times[i - 1] if i > 0 else 0.0
+        nxt = times[i + 1] if i + 1 < len(times) else r[1] + 1.0
+        t = r[1] + rng.gauss(0.0, sd)
+        t = min(max(t, r[1] - 0.4 * (r[1] - prev)), r[1] + 0.4 * (nxt - r[1]))
+        times[i] = t
+    stops = car.walk.stops if car.walk is not None else []
+    out: list[Event] = []
+    lap_start = 0
+    last_mark = 0
+    sectors: list[int | None] = []
+    pit_in_ms = 0
+    for (kind, _, lap, extra, driver), t in zip(rec, times, strict=True):
+        t_ms = round(t)
+        if kind == SECTOR:
+            ms = t_ms - last_mark
+            sectors.append(ms)
+            out.append(
+                Sector(
+                    race=race,
+                    seq=1,
+                    t_ms=t_ms,
+                    car=number,
+                    lap=lap,
+                    sector=extra,
+                    sector_ms=ms,
+                    position=1,
+                )
+            )
+            last_mark = t_ms
+        elif kind == LINE:
+            sectors.append(t_ms - last_mark)
+            while len(sectors) < lines:
+                sectors.insert(0, None)
+            out.append(
+                Lap(
+                    race=race,
+                    seq=1,
+                    t_ms=t_ms,
+                    car=number,
+                    lap=lap,
+                    lap_ms=t_ms - lap_start,
+                    sectors_ms=sectors[-lines:],
+                    position=1,
+                    driver=car.drivers[driver],
+                    flag=_flag_at(schedule, t_ms, chequered),
+                    in_pit=bool(extra),
+                )
+            )
+            lap_start = last_mark = t_ms
+            sectors = []
+        elif kind == PIT_IN:
+            pit_in_ms = t_ms
+            out.append(PitIn(race=race, seq=1, t_ms=t_ms, car=number, lap=lap))
+        elif kind == PIT_OUT:
+            stop = stops[extra]
+            out.append(
+                PitOut(
+                    race=race,
+                    seq=1,
+                    t_ms=t_ms,
+                    car=number,
+                    lap=lap,
+                    pit_ms=t_ms - pit_in_ms,
+                    stationary_ms=round(stop.standing_ms),
+                    driver=car.drivers[stop.driver],
+                    driver_change=stop.change,
+                )
+            )
+    t_end = car.progress.t if car.progress is not None else 0.0
+    if car.target.finisher:
+        out.append(Finish(race=race, seq=1, t_ms=round(t_end), car=number, lap=car.target.laps))
+    else:
+        reason = "retired in the pit lane" if car.retire_in_pits else "stopped on track"
+        if car.target.laps == 0:
+            reason = "accident on the opening lap"
+        out.append(
+            Retire(
+                race=race,
+                seq=1,
+                t_ms=round(car.retire_ms),
+                car=number,
+                lap=car.target.laps,
+                reason=reason,
+            )
+        )
+    return out
