@@ -3,9 +3,45 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+MAX_VALUE_CHARS = 512
+"""Longest string value a log line repeats; the rest is cut and its length given.
+
+Log lines carry input from outside (a command's id, a websocket frame's op, a
+file name): a hostile sender must not fill the log, nor write to the terminal."""
+
+# C0 and C1 control characters, DEL included: on a terminal they move the
+# cursor, recolour or retitle the window. Newlines and tabs are escaped too, so
+# that one event is always one line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return repr(match.group(0))[1:-1]
+
+
+def sanitise(value: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """``value`` safe to print: control characters escaped, cut at ``limit`` characters."""
+    if len(value) > limit:
+        value = f"{value[:limit]}... ({len(value)} characters)"
+    return _CONTROL.sub(_escape, value)
+
+
+def _sanitise_values(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = sanitise(value)
+        elif isinstance(value, bytes):
+            event_dict[key] = sanitise(repr(value))
+    return event_dict
 
 
 class _Stderr:
@@ -31,6 +67,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _sanitise_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

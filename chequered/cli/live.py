@@ -72,7 +72,7 @@ def register(subparsers: Any) -> None:
         description="Publish one command on chequered/v1/RACE/control and print the "
         "producer's reply from chequered/v1/RACE/status. Exit status 1 if it was rejected.",
     )
-    ctl.add_argument("race", metavar="RACE", help="race id on the wire")
+    ctl.add_argument("race", metavar="RACE", type=_race_id, help="race id on the wire")
     actions = ctl.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser("pause", parents=[broker, waiting], help="pause the race clock")
     actions.add_parser("resume", parents=[broker, waiting], help="resume the race clock")
@@ -93,7 +93,7 @@ def register(subparsers: Any) -> None:
         description="Read chequered/v1/RACE/status. Exit status 0 while a producer serves "
         "the race (running, paused, finished), 1 when it is offline, 2 when there is none.",
     )
-    status.add_argument("race", metavar="RACE", help="race id on the wire")
+    status.add_argument("race", metavar="RACE", type=_race_id, help="race id on the wire")
     status.set_defaults(handler=_status)
 
     demo = subparsers.add_parser(
@@ -142,6 +142,13 @@ def _positive(text: str) -> int:
 
 
 _TIME = re.compile(r"^(?:(?:(\d+):)?(\d{1,2}):)?(\d+(?:\.\d+)?)$")
+
+
+def _race_id(text: str) -> str:
+    try:
+        return topics.check_race_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _race_time(text: str) -> int:

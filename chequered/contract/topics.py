@@ -6,6 +6,8 @@ here and nowhere else, so that a version bump is one edit.
 
 from __future__ import annotations
 
+import re
+
 from chequered.contract.events import CONTRACT_VERSION
 
 ROOT = f"chequered/v{CONTRACT_VERSION}"
@@ -17,6 +19,31 @@ CONTROL = "control"
 STANDINGS = "standings"
 STANDINGS_DELTA = "standings/delta"
 DEAD_LETTER = "deadletter"
+
+
+RACE_ID_PATTERN = r"[a-z0-9][a-z0-9_-]*"
+"""What a race id may be: one topic level with no MQTT wildcard, safe as a file name."""
+RACE_ID_MAX = 64
+_RACE_ID = re.compile(RACE_ID_PATTERN)
+
+
+def is_race_id(text: str) -> bool:
+    return len(text) <= RACE_ID_MAX and _RACE_ID.fullmatch(text) is not None
+
+
+def check_race_id(text: str) -> str:
+    """``text`` if it is a race id; ``ValueError`` saying why not.
+
+    A wildcard (``+``, ``#``) or a slash would turn a race's topic into a filter
+    over other races, so every command that names a race checks it first.
+    """
+    if not is_race_id(text):
+        shown = text if len(text) <= RACE_ID_MAX else text[:RACE_ID_MAX] + "..."
+        raise ValueError(
+            f"{shown!r} is not a race id (lower-case letters, digits, - and _, "
+            f"at most {RACE_ID_MAX} characters; `chequered races` lists them)"
+        )
+    return text
 
 
 def topic(race: str, leaf: str) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -45,6 +46,9 @@ from chequered.contract.events import Clock, ClockAction, Event, Flag, Lap, Rese
 from simulator.live.clock import ReplayClock, SpeedError
 
 MAX_CMD_NAME = 32
+REMEMBERED_COMMAND_IDS = 256
+"""Command ids remembered per race so that a repeated one is answered, not run again.
+A controller retries within seconds; 256 covers far more than any retry window."""
 """Longest command name echoed back in a reply to a command that was not understood."""
 
 
@@ -110,7 +114,11 @@ class Feed:
     """Race time of the last event of any kind emitted since the start or the last reset."""
     commands: int = 0
     rejected: int = 0
+    repeated: int = 0
+    """Commands dropped because their id had been carried out already."""
     _laps: dict[int, int] = field(default_factory=dict, repr=False)
+    _replies: OrderedDict[str, Reply] = field(default_factory=OrderedDict, repr=False)
+    """Replies to the newest commands that carried an id, oldest first."""
 
     @classmethod
     def create(
@@ -253,13 +261,25 @@ class Feed:
             self.rejected += 1
             cmd, cid = _guess_name_and_id(payload)
             return Reply(cmd=cmd, ok=False, id=cid, error=f"bad command: {exc}"), []
+        if command.id is not None and command.id in self._replies:
+            # A controller that retries (or a broker that redelivers) must not
+            # pause twice or seek back twice: the id was carried out, repeat its answer.
+            self.repeated += 1
+            return self._replies[command.id], []
         name = command_name(command)
+        events: list[Event] = []
         try:
             events = self.apply(command, now)
         except (CommandRejected, SpeedError) as exc:
             self.rejected += 1
-            return Reply(cmd=name, ok=False, id=command.id, error=str(exc)), []
-        return Reply(cmd=name, ok=True, id=command.id), events
+            reply = Reply(cmd=name, ok=False, id=command.id, error=str(exc))
+        else:
+            reply = Reply(cmd=name, ok=True, id=command.id)
+        if command.id is not None:
+            self._replies[command.id] = reply
+            while len(self._replies) > REMEMBERED_COMMAND_IDS:
+                self._replies.popitem(last=False)
+        return reply, events if reply.ok else []
 
     def apply(self, command: Command, now: float) -> list[Event]:
         """Carry out a decoded command; raise ``CommandRejected`` if it cannot be done.

@@ -282,6 +282,26 @@ def test_a_rejected_command_is_answered_by_its_name_and_id() -> None:
     assert (reply.cmd, reply.id) == ("warp", "x2")
 
 
+def test_a_repeated_command_id_is_answered_again_but_not_run_twice() -> None:
+    feed = Feed.create("tiny", tiny_race(), now=T0, speed=1000)
+    drain(feed, T0 + 0.25)
+    assert feed.position_ms > 0
+
+    def resets(out: list[ev.Event], now: float) -> int:
+        return sum(isinstance(e, ev.Reset) for e in out + drain(feed, now))
+
+    first, out = command(feed, b'{"cmd":"seek","t_ms":0,"id":"back-1"}', T0 + 0.25)
+    assert first.ok and resets(out, T0 + 0.25) == 1
+    again, out = command(feed, b'{"cmd":"seek","t_ms":0,"id":"back-1"}', T0 + 0.5)
+    assert again == first and resets(out, T0 + 0.5) == 0
+    assert feed.repeated == 1
+    # A new id runs again.
+    _, out = command(feed, b'{"cmd":"seek","t_ms":0,"id":"back-2"}', T0 + 0.75)
+    assert resets(out, T0 + 0.75) == 1
+    rejected, _ = command(feed, b'{"cmd":"speed","speed":0,"id":"bad"}', T0 + 0.28)
+    assert command(feed, b'{"cmd":"speed","speed":0,"id":"bad"}', T0 + 0.28)[0] == rejected
+
+
 def test_timelines_that_cannot_be_replayed_are_refused() -> None:
     timeline = tiny_race()
     with pytest.raises(TimelineError, match="must start with a session_open"):
