@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chequered.cli.files import refuse_overwrite
 from chequered.cli.main import UserError
 from simulator.importers.article import ImportResult, Problem, import_article
 from simulator.recording import io as recording_io
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("article", help="article text file")
     p.add_argument("-o", "--output", required=True, help="recording to write (race file)")
+    p.add_argument("--force", action="store_true", help="replace recordings that exist already")
     p.add_argument("--session", choices=("race", "qualifying", "both"), default="both")
     p.add_argument(
         "--merge",
@@ -96,6 +98,7 @@ def _read_text(path: str) -> str:
 def run_import(args: argparse.Namespace) -> int:
     text = _read_text(args.article)
     paths = output_paths(args.output, args.session)
+    refuse_overwrite(paths.values(), force=args.force)
     sessions: tuple[SessionKind, ...] = tuple(paths)
     race_id = paths["race"].stem if "race" in paths else ""
     qualifying_id = paths["qualifying"].stem if "qualifying" in paths else ""

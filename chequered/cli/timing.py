@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from chequered import log
+from chequered.cli.files import refuse_overwrite
 from chequered.cli.main import UserError
 from simulator.importers.alkamel import Imported, Options, TimingError, decode, import_timing
 from simulator.recording import io as recording_io
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "-o", "--output", metavar="FILE.json", help="where to write (default: replays/ID.json)"
     )
+    p.add_argument("--force", action="store_true", help="replace the recording if it exists")
     p.add_argument("--id", help="recording id, e.g. imsa-2022-laguna-seca-race")
     p.add_argument("--event", help="event name, e.g. 'Northeast Grand Prix'")
     p.add_argument("--series", help="series name (default: from file names, columns, classes)")
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         if args.output
         else recording_io.replays_dir() / (f"{imported.recording.facts.id}.json")
     )
+    refuse_overwrite([output], force=args.force)
     save_imported(imported, output)
     for warning in imported.warnings:
         _log.warning("import_timing_warning", message=warning)

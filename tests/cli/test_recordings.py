@@ -42,6 +42,23 @@ def test_import_monterey_reproduces_the_committed_recordings(tmp_path: Path) -> 
         assert (tmp_path / name).read_bytes() == (REPLAYS / name).read_bytes(), name
 
 
+def test_import_never_replaces_a_recording_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "alms-2013-monterey-race.json"
+    qualifying = tmp_path / "alms-2013-monterey-qualifying.json"
+    # Only the file not named on the command line exists: it is still protected.
+    qualifying.write_text("mine")
+    args = ["import", str(SOURCES / "alms-2013-monterey.txt"), "-o", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(qualifying) in err and "--force" in err
+    assert qualifying.read_text() == "mine" and not out.exists()
+    assert main([*args, "--force"]) == 0
+    assert qualifying.read_text() != "mine" and out.exists()
+    assert main(args) == 2  # now both exist
+
+
 def test_garbled_table_exits_2_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -605,6 +605,19 @@ def test_an_error_leaves_an_existing_output_untouched(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_an_existing_output_is_replaced_only_with_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    laps, results = small_export(tmp_path)
+    out = tmp_path / "out.json"
+    out.write_text("previous recording")
+    status, err = cli(capsys, laps, results, out)
+    assert status == 2 and f"{out}: already exists" in err and "--force" in err
+    assert out.read_text() == "previous recording"
+    status, _err = cli(capsys, laps, results, out, "--force")
+    assert status == 0 and out.read_text() != "previous recording"
+
+
 def test_installed_command_exits_with_status_2(tmp_path: Path) -> None:
     laps, results = small_export(tmp_path)
     edit_laps(laps, 8, 3, "bad")
