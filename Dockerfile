@@ -11,14 +11,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The package first, so that a change to the replays does not reinstall it.
+# The locked dependencies first (hash-checked), then the package without
+# dependencies, so that a change to the code or the replays reinstalls neither.
+COPY requirements/run.txt ./requirements/run.txt
+RUN pip install --no-cache-dir --require-hashes -r requirements/run.txt
 COPY pyproject.toml README.md ./
 COPY chequered ./chequered
 COPY simulator ./simulator
 COPY consumers ./consumers
 COPY broker ./broker
 COPY loadtest ./loadtest
-RUN pip install . && rm -rf build
+RUN pip install --no-cache-dir --no-deps . && rm -rf build
 
 COPY replays ./replays
 

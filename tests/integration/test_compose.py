@@ -126,7 +126,9 @@ def test_the_commands_are_valid_chequered_command_lines(compose: dict[str, Any])
 def test_the_dockerfile_installs_the_package_from_what_the_build_context_keeps() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
-    assert "pip install ." in dockerfile
+    # The image installs the locked, hash-checked set, then the package alone.
+    assert "--require-hashes -r requirements/run.txt" in dockerfile
+    assert "--no-deps ." in dockerfile
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
     for source in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.MULTILINE):
         for path in source.split():
