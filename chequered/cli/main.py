@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "chequered.cli.recordings",  # import, races, validate
     "chequered.cli.timeline",  # timeline, lapchart
     "chequered.cli.timing",  # import-timing
+    "chequered.cli.rmonitor",  # import-rmonitor, rmonitor
     "chequered.cli.live",  # replay, control, demo
     "chequered.cli.services",  # project, serve
     "loadtest.cli",  # loadtest

@@ -447,7 +447,7 @@ def _all_regs(
 
 def _kind(run_name: str) -> SessionKind:
     text = run_name.lower()
-    if any(re.search(rf"\b{w}", text) for w in _RACE_WORDS):
+    if any(re.search(rf"\b{w}s?\b", text) for w in _RACE_WORDS):
         return "race"
     if any(re.search(rf"\b{w}", text) for w in _BEST_LAP_WORDS):
         return "qualifying"
@@ -712,25 +712,30 @@ def _flag_at(records: list[Record], counts: Counter[str]) -> dict[int, LapFlag]:
     """The flag shown at each passing's line (by file line).
 
     ``$F`` comes once a second, so the crossing that brought out the final
-    ``Finish`` (the leader's, in a race) may come just before it: a passing
-    less than a second of session time before that heartbeat is under the
-    chequered flag. A ``Finish`` followed later by green-flag running did not
-    end the session: those crossings count as stopped (red).
+    ``Finish`` (the leader's, in a race) comes just before it: a passing
+    between that heartbeat and the one before it is under the chequered flag.
+    A ``Finish`` followed later by green-flag running did not end the session:
+    those crossings count as stopped (red).
     """
     last_running = max(
         (r.line for r in records if isinstance(r, Heartbeat) and r.flag in ("GREEN", "YELLOW")),
         default=0,
     )
-    finish_at = next(
+    finish_line = next(
         (
-            r.race_time_ms
+            r.line
             for r in records
-            if isinstance(r, Heartbeat)
-            and r.flag == "FINISH"
-            and r.line > last_running
-            and r.race_time_ms is not None
+            if isinstance(r, Heartbeat) and r.flag == "FINISH" and r.line > last_running
         ),
         None,
+    )
+    before_finish = max(
+        (
+            r.line
+            for r in records
+            if isinstance(r, Heartbeat) and finish_line is not None and r.line < finish_line
+        ),
+        default=0,
     )
     flag = ""
     out: dict[int, LapFlag] = {}
@@ -743,13 +748,7 @@ def _flag_at(records: list[Record], counts: Counter[str]) -> dict[int, LapFlag]:
             if mapped == "FF" and rec.line < last_running:
                 mapped = "RF"
                 early_finish += 1
-            if (
-                finish_at is not None
-                and rec.total_ms is not None
-                and finish_at - 1000 <= rec.total_ms < finish_at + 1000
-                and mapped != "FF"
-                and flag in ("GREEN", "YELLOW", "RED")
-            ):
+            if finish_line is not None and before_finish < rec.line < finish_line:
                 mapped = "FF"
             out[rec.line] = mapped
     if early_finish:
@@ -957,10 +956,15 @@ def _facts(
     if options.series is None:
         report.append("the stream does not name the series; pass --series NAME")
     base = _slug(options.series) if options.series else _slug(track.split()[0] if track else "")
-    race_id = options.id or _slug(f"{base}-{season}-{session.name or kind}")[:64].strip("-")
+    words = [w for w in _slug(session.name or kind).split("-") if w not in (str(season), base)]
+    race_id = options.id or _slug(f"{base}-{season}-{'-'.join(words)}")[:64].strip("-")
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", race_id) or len(race_id) > 64:
         raise SessionError(f"--id {race_id!r}: use lower-case letters, digits, '-' and '_'")
-    event = options.event or f"{track} {session.name or kind.capitalize()} {season}".strip()
+    run_name = session.name or kind.capitalize()
+    if str(season) in run_name or (track and track.split()[0].lower() in run_name.lower()):
+        event = options.event or run_name  # the run's name already says where and when
+    else:
+        event = options.event or f"{track} {run_name} {season}".strip()
     facts = RaceFacts(
         id=race_id,
         series=series,
