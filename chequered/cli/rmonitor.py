@@ -17,6 +17,7 @@ from typing import Any
 
 from chequered import log
 from chequered.cli.broker_options import broker_address, broker_options
+from chequered.cli.files import refuse_overwrite
 from chequered.cli.main import UserError
 from chequered.cli.timing import parse_duration
 
@@ -55,6 +56,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "-o", "--output", metavar="FILE.json", help="where to write (default: replays/ID.json)"
     )
+    p.add_argument("--force", action="store_true", help="replace the recording if it exists")
     p.add_argument("--session", help="$B run number or name of the session to import")
     p.add_argument(
         "--kind",
@@ -143,6 +145,7 @@ def run_import(args: argparse.Namespace) -> int:
     output = (
         Path(args.output) if args.output else recording_io.replays_dir() / f"{rec.facts.id}.json"
     )
+    refuse_overwrite([output], force=args.force)
     encoded = recording_io.dumps(rec)
     try:
         recording_io.loads(encoded, str(output))
