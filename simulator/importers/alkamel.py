@@ -601,7 +601,8 @@ def read_results(table: Table, kind: SessionKind) -> list[ResultRow]:
                 best_ms=_time_cell(
                     table, line, "best lap time", _cell(cells, i_best), required=False
                 ),
-                best_lap=_int_cell(table, line, "best lap number", best_lap_text)
+                # IMSA writes FL_LAPNUM 0 for a car with no timed lap: not known.
+                best_lap=(_int_cell(table, line, "best lap number", best_lap_text) or None)
                 if best_lap_text
                 else None,
                 cls=_cell(cells, table.index("CLASS")),
