@@ -58,6 +58,23 @@ class CarRow(Struct, kw_only=True, omit_defaults=True):
     """Official classification status, once the session has closed."""
 
 
+class RaceMessage(Struct, kw_only=True, omit_defaults=True):
+    """A race-control message on the board (from a ``race_control`` event)."""
+
+    seq: int
+    """Seq of its event: unique in a race, and the order of the feed."""
+    t_ms: int
+    lap: int
+    category: str
+    text: str
+    cars: list[str] = []
+    provenance: str = "timing"
+
+
+MESSAGES_KEPT = 30
+"""Race-control messages a snapshot holds (the latest); a delta carries only new ones."""
+
+
 class FastLap(Struct, kw_only=True, omit_defaults=True):
     car: str
     lap_ms: int
@@ -81,6 +98,14 @@ class SessionView(Struct, kw_only=True, omit_defaults=True):
     classes: list[str] = []
     gaps: int = 0
     """Event seqs missing from the folded stream; 0 when nothing was lost."""
+    flag_reason: str | None = None
+    """Why the flag is out (the reason of the latest ``flag`` event)."""
+    laps_run: int = 0
+    """Laps completed by all cars together so far."""
+    laps_neutralised: int = 0
+    """Of those, laps completed under a full-course yellow or a red flag."""
+    messages: int = 0
+    """Race-control messages given so far (the latest are in the snapshot's ``messages``)."""
 
 
 class Snapshot(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="snapshot"):
@@ -92,6 +117,8 @@ class Snapshot(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="
     """Every car, in overall order; filter by ``cls`` for a class view."""
     wall: float = 0.0
     """Emission time of the last event folded, for latency measurement."""
+    messages: list[RaceMessage] = []
+    """The latest ``MESSAGES_KEPT`` race-control messages, oldest first."""
 
 
 class Delta(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="delta"):
@@ -103,6 +130,8 @@ class Delta(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="del
     cars: list[CarRow] = []
     """Whole rows of the cars that changed (position changes included)."""
     wall: float = 0.0
+    messages: list[RaceMessage] = []
+    """Race-control messages given since ``prev_seq``, oldest first."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -150,4 +179,15 @@ def apply_delta(snapshot: Snapshot, delta: Delta) -> Snapshot:
         session=delta.session if delta.session is not None else snapshot.session,
         cars=cars,
         wall=delta.wall or snapshot.wall,
+        messages=add_messages(snapshot.messages, delta.messages),
     )
+
+
+def add_messages(kept: list[RaceMessage], new: list[RaceMessage]) -> list[RaceMessage]:
+    """``kept`` with ``new`` after it (any already there by seq left out), the latest
+    ``MESSAGES_KEPT``."""
+    if not new:
+        return kept
+    last = kept[-1].seq if kept else 0
+    out = [*kept, *(m for m in new if m.seq > last)]
+    return out[-MESSAGES_KEPT:]

@@ -173,6 +173,32 @@ class SessionClosed(_Event, frozen=True, kw_only=True, tag="session_close"):
     classification: list[ResultRow]
 
 
+# -- race control ------------------------------------------------------------
+
+
+MessageCategory = Literal["flag", "incident", "penalty", "pit", "retirement", "information"]
+MessageProvenance = Literal["timing", "article", "report", "inferred", "model"]
+"""Where a message's fact comes from: the timing feed, a note of the recording
+(from the article or a race report), a reading the sources do not state
+(``inferred``), or the timeline's own model of an unrecorded detail (``model``)."""
+
+
+class RaceControl(_Event, frozen=True, kw_only=True, tag="race_control"):
+    """A race-control message, as a timing screen's message feed shows it.
+
+    Added in contract 1.1: a 1.0 reader rejects this one kind (its decoder
+    does not know the tag) and loses nothing else.
+    """
+
+    lap: Annotated[int, Meta(ge=0)]
+    """The leader's laps completed when the message was given."""
+    category: MessageCategory
+    text: Annotated[str, Meta(min_length=1, max_length=500)]
+    cars: Annotated[list[CarNumber], Meta(max_length=64)] = []
+    """The cars involved, if any, first the one the message is about."""
+    provenance: MessageProvenance = "timing"
+
+
 # -- replay control ---------------------------------------------------------
 
 
@@ -224,6 +250,7 @@ Event = (
     | SessionClosed
     | Clock
     | Reset
+    | RaceControl
 )
 
 EVENT_TYPES: tuple[type[_Event], ...] = (
@@ -238,6 +265,7 @@ EVENT_TYPES: tuple[type[_Event], ...] = (
     SessionClosed,
     Clock,
     Reset,
+    RaceControl,
 )
 
 

@@ -15,7 +15,17 @@ from typing import Final, Literal
 import msgspec
 from msgspec import Struct
 
-from chequered.contract.board import CarRow, CarStatus, Delta, FastLap, SessionView, Snapshot
+from chequered.contract.board import (
+    MESSAGES_KEPT,
+    CarRow,
+    CarStatus,
+    Delta,
+    FastLap,
+    RaceMessage,
+    SessionView,
+    Snapshot,
+    add_messages,
+)
 from chequered.contract.events import (
     Clock,
     Event,
@@ -24,6 +34,7 @@ from chequered.contract.events import (
     Lap,
     PitIn,
     PitOut,
+    RaceControl,
     Reset,
     Retire,
     Sector,
@@ -31,7 +42,7 @@ from chequered.contract.events import (
     SessionOpened,
 )
 
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2
 """Bumped when ``RaceState`` changes shape; older checkpoints are then ignored."""
 
 MAX_SEQ_JUMP: Final = 100_000
@@ -78,6 +89,18 @@ class Best(Struct, array_like=True):
     lap_ms: int
     lap: int
     seq: int
+
+
+class Said(Struct, array_like=True):
+    """A race-control message as the state keeps it (compact: every checkpoint holds them)."""
+
+    seq: int
+    t_ms: int
+    lap: int
+    category: str
+    text: str
+    cars: list[str]
+    provenance: str
 
 
 class CarState(Struct, kw_only=True):
@@ -146,6 +169,14 @@ class RaceState(Struct, kw_only=True):
     fastest: dict[str, Best] = {}
     """Fastest lap per class."""
     overall: Best | None = None
+    flag_reason: str | None = None
+    messages: list[Said] = []
+    """The latest ``MESSAGES_KEPT`` race-control messages, oldest first."""
+    message_count: int = 0
+    """Race-control messages folded since the session opened."""
+    laps_run: int = 0
+    laps_neutralised: int = 0
+    """Laps completed under a yellow or a red flag, of ``laps_run``."""
 
 
 def new_race(race: str) -> RaceState:
@@ -181,6 +212,11 @@ def _session_open(state: RaceState, e: SessionOpened) -> None:
     state.laps_total = e.session.laps
     state.classes = list(e.classes)
     state.flag = "green"
+    state.flag_reason = None
+    state.messages = []
+    state.message_count = 0
+    state.laps_run = 0
+    state.laps_neutralised = 0
     state.closed = False
     state.gaps = 0
     state.fastest = {}
@@ -234,6 +270,9 @@ def _lap(state: RaceState, e: Lap) -> None:
     car.driver = e.driver
     car.stint_laps += 1
     car.out_lap = False
+    state.laps_run += 1
+    if e.flag == "fcy" or e.flag == "red":
+        state.laps_neutralised += 1
     if ms is None:
         return
     if car.best_lap_ms is None or ms < car.best_lap_ms:
@@ -301,6 +340,18 @@ def _finish(state: RaceState, e: Finish) -> None:
 
 def _flag(state: RaceState, e: Flag) -> None:
     state.flag = e.flag
+    state.flag_reason = e.reason
+
+
+def _race_control(state: RaceState, e: RaceControl) -> None:
+    if not state.opened:
+        raise Rejected(f"race {state.race} has no session_open yet")
+    said = Said(e.seq, e.t_ms, e.lap, e.category, e.text, list(e.cars), e.provenance)
+    messages = state.messages
+    messages.append(said)
+    if len(messages) > MESSAGES_KEPT:
+        del messages[: len(messages) - MESSAGES_KEPT]
+    state.message_count += 1
 
 
 def _clock(state: RaceState, e: Clock) -> None:
@@ -402,6 +453,7 @@ _HANDLERS: dict[type, Callable[[RaceState, Event], None]] = {
     SessionClosed: _session_close,  # type: ignore[dict-item]
     Clock: _clock,  # type: ignore[dict-item]
     Reset: _reset,  # type: ignore[dict-item]
+    RaceControl: _race_control,  # type: ignore[dict-item]
 }
 
 
@@ -761,7 +813,24 @@ class Board:
             session=session_view(state, ordered),
             cars=out,
             wall=state.wall,
+            messages=messages(state),
         )
+
+
+def messages(state: RaceState) -> list[RaceMessage]:
+    """The race-control messages a snapshot of ``state`` shows, oldest first."""
+    return [
+        RaceMessage(
+            seq=m.seq,
+            t_ms=m.t_ms,
+            lap=m.lap,
+            category=m.category,
+            text=m.text,
+            cars=list(m.cars),
+            provenance=m.provenance,
+        )
+        for m in state.messages
+    ]
 
 
 def session_view(state: RaceState, ordered: list[CarState] | None = None) -> SessionView:
@@ -785,6 +854,10 @@ def session_view(state: RaceState, ordered: list[CarState] | None = None) -> Ses
         paused=state.paused,
         classes=list(state.classes),
         gaps=state.gaps,
+        flag_reason=state.flag_reason,
+        laps_run=state.laps_run,
+        laps_neutralised=state.laps_neutralised,
+        messages=state.message_count,
     )
 
 
@@ -797,6 +870,7 @@ def snapshot(state: RaceState) -> Snapshot:
         session=session_view(state, ordered),
         cars=rows(state, ordered),
         wall=state.wall,
+        messages=messages(state),
     )
 
 
@@ -804,7 +878,8 @@ def delta(previous: Snapshot, current: Snapshot) -> Delta | None:
     """What changed from ``previous`` to ``current``: whole changed rows, the session if changed.
 
     None when the two cannot be chained by a delta: another race, seq not
-    advanced, or the set of cars differs (after a reset): publish a snapshot.
+    advanced, the set of cars differs or the message feed started again (after a
+    reset): publish a snapshot. New race-control messages go in ``messages``.
     """
     if previous.race != current.race or current.seq <= previous.seq:
         return None
@@ -818,6 +893,10 @@ def delta(previous: Snapshot, current: Snapshot) -> Delta | None:
             return None
         if old is not row and old != row:  # a row kept by a Board is the same object
             changed.append(row)
+    said = previous.messages[-1].seq if previous.messages else 0
+    new = [m for m in current.messages if m.seq > said]
+    if add_messages(previous.messages, new) != current.messages:
+        return None  # the feed started again (a reset): only a snapshot can say so
     return Delta(
         race=current.race,
         seq=current.seq,
@@ -825,4 +904,5 @@ def delta(previous: Snapshot, current: Snapshot) -> Delta | None:
         session=current.session if current.session != previous.session else None,
         cars=changed,
         wall=current.wall,
+        messages=new,
     )

@@ -49,6 +49,8 @@ def produced_stream() -> list[ev.Event]:
         ev.PitOut(race="contract", seq=1, t_ms=6, car="1", lap=1, pit_ms=60_000, driver="D1",
                   driver_change=True, stationary_ms=40_000),
         ev.Retire(race="contract", seq=1, t_ms=7, car="2", lap=3, reason="gearbox"),
+        ev.RaceControl(race="contract", seq=1, t_ms=8, lap=3, category="retirement",
+                       text="#2 retired: gearbox", cars=["2"], provenance="report"),
     ]  # fmt: skip
     return stream + extra
 
