@@ -44,6 +44,7 @@ PURE = (
     "consumers.projector.intake",
     "consumers.projector.core",
     "consumers.gateway.core",
+    "chequered.watch.view",
 )
 """Modules (or whole packages) that must stay free of I/O."""
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "chequered.cli.rmonitor",  # import-rmonitor, rmonitor
     "chequered.cli.live",  # replay, control, demo
     "chequered.cli.services",  # project, serve
+    "chequered.cli.watch",  # watch
     "loadtest.cli",  # loadtest
 )
 
