@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import re
 import signal
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import msgspec
 
 from broker import mosquitto
 from broker.bus import BrokerAddress, connect
@@ -27,6 +30,7 @@ from chequered.contract import control, topics
 from chequered.contract.control import Command, Pause, Resume, Seek, SetSpeed, Status
 from chequered.contract.events import Event
 from simulator.live.clock import SpeedError, check_speed
+from simulator.live.faults import FaultError, FaultRates, Injector
 from simulator.live.feed import TimelineError
 from simulator.live.producer import ReplaySpec, run_producer
 
@@ -64,6 +68,7 @@ def register(subparsers: Any) -> None:
     replay.add_argument(
         "--exit-at-end", action="store_true", help="stop when every race has finished"
     )
+    _add_fault_options(replay)
     replay.set_defaults(handler=_replay)
 
     ctl = subparsers.add_parser(
@@ -191,10 +196,13 @@ def load_timeline(name: str, *, seed: int, race: str | None = None) -> tuple[str
 
 def _specs(args: argparse.Namespace) -> list[ReplaySpec]:
     specs: list[ReplaySpec] = []
+    rates = _fault_rates(args)
     for name in args.races:
         race, events = load_timeline(name, seed=args.seed)
         ids = [race] if args.copies == 1 else [f"{race}-{i}" for i in range(1, args.copies + 1)]
-        specs += [ReplaySpec(r, events, speed=args.speed, paused=args.paused) for r in ids]
+        specs += [ReplaySpec(r, events, speed=args.speed, paused=args.paused,
+                             faults=Injector(r, rates) if rates else None)
+                  for r in ids]  # fmt: skip
     races = [spec.race for spec in specs]
     for race in races:
         if races.count(race) > 1:
@@ -235,9 +243,92 @@ def _replay(args: argparse.Namespace) -> int:
                                on_status=on_status)  # fmt: skip
         except* TimelineError as group:
             raise UserError(str(group.exceptions[0])) from None
+        finally:
+            _report_faults(specs, args.injected_out)
         return 0
 
     return _run(main)
+
+
+# -- the hostile feed ----------------------------------------------------------------
+
+
+def _add_fault_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "hostile feed",
+        "Inject the faults real feeds and brokers cause, each a probability per events "
+        "message, reproducible by --fault-seed. Each fault is labelled on "
+        "chequered/v1/<race>/injected and counted in the status; a summary is printed at "
+        "the end (docs/PROTOCOL.md, docs/LOADTEST.md).",
+    )
+    rates = (
+        ("--duplicate", "publish a message twice"),
+        ("--drop", "do not publish a message (a seq gap)"),
+        ("--reorder", "publish a message behind later ones"),
+        ("--burst", "hold the feed --burst-s, then release what piled up at once"),
+        ("--stall", "silence the race (events and status) for --stall-s, then resume"),
+        ("--seek-back", "seek the race back to an earlier race time"),
+        ("--malformed", "publish a malformed payload beside a message"),
+    )
+    for flag, what in rates:
+        group.add_argument(flag, type=_rate, default=0.0, metavar="P", help=what)
+    d = FaultRates()
+    settings: tuple[tuple[str, type, object, str], ...] = (
+        ("--fault-seed", int, d.seed, "seed of the faults"),
+        ("--reorder-window", int, d.reorder_window, "a reordered message goes behind 1 to N"),
+        ("--burst-s", float, d.burst_s, "seconds a burst holds the feed"),
+        ("--stall-s", float, d.stall_s, "seconds a stall lasts"),
+        ("--max-seeks", int, d.max_seeks, "backward seeks per race at most"),
+    )
+    for flag, kind, default, what in settings:
+        group.add_argument(flag, type=kind, default=default, help=f"{what} (default {default})")
+    group.add_argument(
+        "--injected-out", type=Path, metavar="FILE",
+        help="write every race's record of faults (JSON) here at the end",
+    )  # fmt: skip
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate from 0 to 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a rate from 0 to 1")
+    return value
+
+
+def _fault_rates(args: argparse.Namespace) -> FaultRates | None:
+    """The faults asked for, or None for an honest feed."""
+    try:
+        rates = FaultRates(
+            seed=args.fault_seed, duplicate=args.duplicate, drop=args.drop,
+            reorder=args.reorder, reorder_window=args.reorder_window, burst=args.burst,
+            burst_s=args.burst_s, stall=args.stall, stall_s=args.stall_s,
+            seek_back=args.seek_back, max_seeks=args.max_seeks, malformed=args.malformed,
+        )  # fmt: skip
+    except FaultError as exc:
+        raise UserError(str(exc)) from None
+    return rates if rates.active else None
+
+
+def _report_faults(specs: list[ReplaySpec], out: Path | None) -> None:
+    """Print what was injected into each race; write the whole record to ``out``."""
+    injectors = [spec.faults for spec in specs if spec.faults is not None]
+    if not injectors:
+        return
+    for injector in injectors:
+        injected = ", ".join(f"{k} {v}" for k, v in injector.counts.items() if v) or "nothing"
+        e = injector.expected
+        print(f"{injector.race}: injected {injected}; a consumer keeping the highest seq counts "
+              f"{e.gaps} missing seqs ({e.gap_events} gaps), {e.duplicates} duplicates, "
+              f"{e.malformed} malformed, {e.resets} resets", file=sys.stderr)  # fmt: skip
+    if out is not None:
+        records = [{**i.summary(), "record": msgspec.to_builtins(i.record)} for i in injectors]
+        try:
+            out.write_text(json.dumps(records, indent=1) + "\n")
+        except OSError as exc:
+            print(f"--injected-out {out}: {exc.strerror}", file=sys.stderr)
 
 
 # -- control -------------------------------------------------------------------------

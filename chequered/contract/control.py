@@ -68,6 +68,8 @@ class Status(Struct, frozen=True, kw_only=True, omit_defaults=True):
     reply: Reply | None = None
     rejected: Annotated[int, Meta(ge=0)] = 0
     """Control payloads rejected since the producer started."""
+    injected: dict[str, int] | None = None
+    """Faults injected so far by a producer run with faults, by kind (see the injected topic)."""
 
 
 class CommandError(ValueError):

@@ -16,6 +16,7 @@ import msgspec
 
 from chequered.contract import board, control, events
 from chequered.contract.deadletter import DeadLetter
+from chequered.contract.injected import Injected
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schema"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -36,6 +37,11 @@ def _dead_letter() -> dict[str, object]:
     return schema
 
 
+def _injected() -> dict[str, object]:
+    schema: dict[str, object] = msgspec.json.schema(Injected)
+    return schema
+
+
 SCHEMAS: dict[str, tuple[str, Callable[[], dict[str, object]]]] = {
     "events.schema.json": ("A message on chequered/v1/<race>/events", events.json_schema),
     "control.schema.json": ("A command on chequered/v1/<race>/control", control.command_schema),
@@ -51,6 +57,10 @@ SCHEMAS: dict[str, tuple[str, Callable[[], dict[str, object]]]] = {
     "deadletter.schema.json": (
         "A rejected payload on chequered/v1/<race>/deadletter",
         _dead_letter,
+    ),
+    "injected.schema.json": (
+        "A fault a hostile feed injected, on chequered/v1/<race>/injected",
+        _injected,
     ),
 }
 """File name -> (title, generator)."""

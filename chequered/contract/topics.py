@@ -19,6 +19,8 @@ CONTROL = "control"
 STANDINGS = "standings"
 STANDINGS_DELTA = "standings/delta"
 DEAD_LETTER = "deadletter"
+INJECTED = "injected"
+"""What a hostile feed (the producer run with faults) did to the race's stream."""
 
 
 RACE_ID_PATTERN = r"[a-z0-9][a-z0-9_-]*"

@@ -23,7 +23,9 @@ from chequered import log
 from chequered.contract import control, topics
 from chequered.contract.control import Reply, Status
 from chequered.contract.events import Event
+from simulator.live.faults import Injector
 from simulator.live.feed import Feed
+from simulator.live.hostile import hostile
 from simulator.live.outbox import Outbox, ProducerSettings, backoff_s
 
 _log = log.get(__name__)
@@ -40,6 +42,8 @@ class ReplaySpec:
     speed: float | None = 1.0
     """Race seconds per wall second (0.1 to 1000); None runs as fast as possible."""
     paused: bool = False
+    faults: Injector | None = None
+    """A hostile feed: the race's messages pass through this injector (simulator.live.faults)."""
 
 
 async def run_producer(
@@ -61,9 +65,10 @@ async def run_producer(
         for s in replays
     ]
     async with asyncio.TaskGroup() as group:
-        for feed in feeds:
+        for feed, spec in zip(feeds, replays, strict=True):
             prefix = client_id or "chequered-producer"
-            race = _Race(feed, Outbox(feed.race, settings), settings, on_status or _ignore)
+            race = _Race(feed, Outbox(feed.race, settings), settings, on_status or _ignore,
+                         spec.faults)  # fmt: skip
             group.create_task(race.run(url, f"{prefix}-{feed.race}", stop))
 
 
@@ -82,6 +87,7 @@ class _Race:
     outbox: Outbox
     settings: ProducerSettings
     on_status: Callable[[Status], None]
+    faults: Injector | None = None
 
     def topic(self, leaf: str) -> str:
         return topics.topic(self.feed.race, leaf)
@@ -93,7 +99,10 @@ class _Race:
             error: BaseException | None = None
             will = Will(self.topic(topics.STATUS), self.status_payload(offline=True))
             try:
-                async with connect(url, client_id=client_id, will=will) as bus:
+                async with (
+                    connect(url, client_id=client_id, will=will, keepalive=self.settings.keepalive_s) as bus,
+                    hostile(bus, self.faults) as bus,
+                ):
                     attempt = 0
                     await self.serve(bus, stop)
             except* (aiomqtt.MqttError, OSError) as group:

@@ -30,6 +30,7 @@ LEAVES = {
     "standings": topics.STANDINGS,
     "standingsDelta": topics.STANDINGS_DELTA,
     "deadletter": topics.DEAD_LETTER,
+    "injected": topics.INJECTED,
 }
 
 
