@@ -47,6 +47,7 @@ PURE = (
     "consumers.projector.core",
     "consumers.gateway.core",
     "chequered.watch.view",
+    "consumers.rmonitor.encoder",
 )
 """Modules (or whole packages) that must stay free of I/O."""
 
