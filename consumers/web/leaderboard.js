@@ -412,6 +412,7 @@
       this._clockAnchor = null;
       delete this.dataset.seq;
       delete this.dataset.raceState;
+      this._emitStandings("reset", []);
     }
 
     _applySnapshot(snap) {
@@ -429,6 +430,7 @@
       this._showMessage(null);
       this._setState("live");
       this._scheduleRender(fresh);
+      this._emitStandings("snapshot", snap.cars);
     }
 
     _applyDelta(delta) {
@@ -439,6 +441,14 @@
       for (const row of delta.cars || []) this._cars.set(row.car, row);
       this._seq = delta.seq;
       this._scheduleRender(false);
+      this._emitStandings("delta", delta.cars || []);
+    }
+
+    // Every frame applied, not every frame drawn: listeners (<live-charts>) keep a history
+    // that a coalesced render would leave holes in. `cars` holds only the rows that changed.
+    _emitStandings(kind, cars) {
+      const detail = { kind, race: this.race, seq: this._seq, session: this._session, cars };
+      this.dispatchEvent(new CustomEvent("lb-standings", { detail }));
     }
 
     // Frames may come far faster than a screen can show them (a fast replay): the model
@@ -748,4 +758,388 @@
   }
   window.LiveLeaderboard = LiveLeaderboard;
   window.LiveLeaderboard.serverUrl = wsUrl;
+})();
+
+/*
+ * <live-charts>: gap, lap and lap-time charts of a race, drawn from a <live-leaderboard>'s
+ * own standings stream (no second connection, no second data source). In this file, so
+ * that the one script tag of an embed brings both elements:
+ *
+ *   <live-leaderboard id="board" race="alms-2013-monterey-race"></live-leaderboard>
+ *   <live-charts for="board"></live-charts>
+ *
+ * The leaderboard fires `lb-standings` for every snapshot and delta it applies; this element
+ * keeps, per car and per lap, the car's standing while it had completed that many laps (as
+ * last seen), and redraws at most every CHART_FRAME_MS: at 1000x frames arrive far faster
+ * than charts need drawing, so drawing is coalesced while no frame's data is skipped.
+ * docs/WIDGET.md describes what each chart shows.
+ */
+(() => {
+  "use strict";
+
+  const SCRIPT = document.currentScript;
+  const BASE = new URL(".", SCRIPT && SCRIPT.src ? SCRIPT.src : location.href);
+  const CHART_FRAME_MS = 250; // most redraws a second: 4
+  const GAP_CAP_MS = 180000; // gaps beyond 3 minutes are drawn on the edge of the gap chart
+  const SCATTER_SPAN = 1.25; // lap times above best x 1.25 (pit stops, yellows) sit on the edge
+  const PALETTE = [
+    "#e3262b", "#2f7cf6", "#f08a00", "#22a447", "#c8a200", "#b04fff", "#00b8c4", "#ff6fae",
+    "#8ac926", "#ff924c", "#6a8dff", "#ffd23f", "#3ddc97", "#c77dff", "#ef476f", "#4cc9f0",
+    "#f4a261", "#90be6d", "#e76f51", "#a0c4ff",
+  ];
+
+  const KINDS = {
+    gap: { title: "Gap to the leader", unit: "s" },
+    lap: { title: "Position by lap", unit: "" },
+    times: { title: "Lap times", unit: "s" },
+  };
+
+  const TEMPLATE = `
+    <div class="charts" part="charts">
+      <div class="ch-bar"><h2>Charts</h2><nav class="ch-tabs" part="chart-tabs" role="tablist"></nav></div>
+      <div class="ch-empty" part="chart-empty">No laps yet: the charts fill in as cars cross the line.</div>
+      <div class="ch-grid" hidden>
+        <figure data-chart="gap"><figcaption></figcaption><canvas></canvas></figure>
+        <figure data-chart="lap"><figcaption></figcaption><canvas></canvas></figure>
+        <figure data-chart="times"><figcaption></figcaption><canvas></canvas></figure>
+      </div>
+      <div class="ch-legend" part="chart-legend"></div>
+    </div>`;
+
+  class LiveCharts extends HTMLElement {
+    static get observedAttributes() {
+      return ["for", "race-class"];
+    }
+
+    constructor() {
+      super();
+      this._root = this.attachShadow({ mode: "open" });
+      // The styles come from the widget's stylesheet: a page under a strict
+      // Content-Security-Policy runs no inline <style>.
+      const link = document.createElement("link");
+      link.rel = "stylesheet";
+      link.href = new URL("leaderboard.css", BASE).toString();
+      const holder = document.createElement("div");
+      holder.innerHTML = TEMPLATE;
+      this._root.append(link, holder.firstElementChild);
+      this._grid = this._root.querySelector(".ch-grid");
+      this._empty = this._root.querySelector(".ch-empty");
+      this._tabs = this._root.querySelector(".ch-tabs");
+      this._legend = this._root.querySelector(".ch-legend");
+      this._canvases = {};
+      for (const figure of this._root.querySelectorAll("figure")) {
+        figure.querySelector("figcaption").textContent = KINDS[figure.dataset.chart].title;
+        this._canvases[figure.dataset.chart] = figure.querySelector("canvas");
+      }
+      this._history = new Map(); // car -> { cls, laps: Map(lap -> point) }
+      this._classes = [];
+      this._seq = null;
+      this._board = null;
+      this._filter = null;
+      this._dirty = false;
+      this._timer = null;
+      this._draws = 0;
+      this._onStandings = (event) => this._take(event.detail);
+    }
+
+    connectedCallback() {
+      this._attach();
+    }
+
+    disconnectedCallback() {
+      this._detach();
+      clearTimeout(this._timer);
+      this._timer = null;
+    }
+
+    attributeChangedCallback(name, oldValue, newValue) {
+      if (oldValue === newValue || !this.isConnected) return;
+      if (name === "for") {
+        this._detach();
+        this._attach();
+      } else {
+        this._filter = null;
+        this._schedule();
+      }
+    }
+
+    // -- public surface: what the charts hold, for host pages and tests --------
+
+    /** The class shown: a tab choice, else `race-class`, else all cars (null). */
+    get raceClass() {
+      if (this._filter !== null) return this._filter || null;
+      const explicit = this.getAttribute("race-class");
+      return explicit && explicit !== "All" ? explicit : null;
+    }
+
+    set raceClass(value) {
+      this._filter = value || "";
+      this._schedule();
+    }
+
+    /** Every point of the chosen class: {car: [{lap, position, gap_ms, lap_ms}, ...]}. */
+    series(cls = this.raceClass) {
+      const out = {};
+      for (const [car, entry] of this._history) {
+        if (cls && entry.cls !== cls) continue;
+        out[car] = [...entry.laps.entries()]
+          .sort((a, b) => a[0] - b[0])
+          .map(([lap, p]) => ({ lap, ...this._values(p, cls) }));
+      }
+      return out;
+    }
+
+    /** Each car's latest point: what the board shows for it now. */
+    latest(cls = this.raceClass) {
+      const out = {};
+      for (const [car, points] of Object.entries(this.series(cls))) {
+        if (points.length) out[car] = points[points.length - 1];
+      }
+      return out;
+    }
+
+    // -- following the leaderboard ---------------------------------------------
+
+    _attach() {
+      const id = this.getAttribute("for");
+      const board = id ? document.getElementById(id) : document.querySelector("live-leaderboard");
+      if (!board) {
+        // The board may come later in the page: look again once it has loaded.
+        document.addEventListener("DOMContentLoaded", () => this.isConnected && this._attach(), {
+          once: true,
+        });
+        return;
+      }
+      this._board = board;
+      board.addEventListener("lb-standings", this._onStandings);
+      const snap = board.snapshot;
+      if (snap) this._take({ kind: "snapshot", seq: snap.seq, session: snap.session, cars: snap.cars });
+    }
+
+    _detach() {
+      if (this._board) this._board.removeEventListener("lb-standings", this._onStandings);
+      this._board = null;
+    }
+
+    _take({ kind, seq, session, cars }) {
+      if (kind === "reset") {
+        this._history.clear();
+        this._seq = null;
+        this._schedule();
+        return;
+      }
+      if (session && session.classes) this._classes = session.classes;
+      for (const row of cars) {
+        let entry = this._history.get(row.car);
+        if (!entry) {
+          entry = { cls: row.cls, laps: new Map(), top: 0 };
+          this._history.set(row.car, entry);
+        }
+        entry.cls = row.cls;
+        if (row.laps < entry.top) {
+          // Fewer laps than before: a seek back. The laps not run again go.
+          for (const lap of entry.laps.keys()) if (lap > row.laps) entry.laps.delete(lap);
+        }
+        entry.top = row.laps;
+        if (row.laps > 0) entry.laps.set(row.laps, pointOf(row));
+      }
+      this._seq = seq;
+      this._schedule();
+    }
+
+    _values(point, cls) {
+      return cls
+        ? { position: point.class_position, gap_ms: point.class_gap_ms, gap_laps: point.class_gap_laps, lap_ms: point.lap_ms }
+        : { position: point.position, gap_ms: point.gap_ms, gap_laps: point.gap_laps, lap_ms: point.lap_ms };
+    }
+
+    // -- drawing ------------------------------------------------------------------
+
+    _schedule() {
+      this._dirty = true;
+      if (this._timer !== null) return;
+      this._timer = setTimeout(() => {
+        this._timer = null;
+        if (!this._dirty) return;
+        this._dirty = false;
+        requestAnimationFrame(() => this._draw());
+      }, this._draws ? CHART_FRAME_MS : 0);
+    }
+
+    _draw() {
+      this._draws += 1;
+      this.dataset.draws = String(this._draws);
+      const cls = this.raceClass;
+      this.dataset.filter = cls || "All";
+      this._drawTabs(cls);
+      const series = this.series(cls);
+      const cars = Object.keys(series).filter((car) => series[car].length);
+      cars.sort((a, b) => {
+        const pa = series[a][series[a].length - 1].position;
+        const pb = series[b][series[b].length - 1].position;
+        return pa - pb;
+      });
+      const colours = new Map(cars.map((car, i) => [car, PALETTE[i % PALETTE.length]]));
+      this._empty.hidden = cars.length > 0;
+      this._grid.hidden = cars.length === 0;
+      if (cars.length) {
+        const maxLap = Math.max(...cars.map((car) => series[car][series[car].length - 1].lap));
+        this._drawGap(series, cars, colours, maxLap);
+        this._drawLapChart(series, cars, colours, maxLap);
+        this._drawTimes(series, cars, colours, maxLap);
+      }
+      this._drawLegend(cars, colours);
+      if (this._seq !== null) this.dataset.seq = String(this._seq);
+    }
+
+    _drawTabs(current) {
+      const names = ["All", ...this._classes];
+      if ([...this._tabs.children].map((b) => b.dataset.tab).join("|") !== names.join("|")) {
+        this._tabs.textContent = "";
+        for (const name of names) {
+          const button = document.createElement("button");
+          button.type = "button";
+          button.textContent = name;
+          button.dataset.tab = name;
+          button.setAttribute("role", "tab");
+          button.addEventListener("click", () => {
+            this.raceClass = name === "All" ? "" : name;
+          });
+          this._tabs.appendChild(button);
+        }
+      }
+      for (const button of this._tabs.children) {
+        const on = (button.dataset.tab === "All" && !current) || button.dataset.tab === current;
+        button.setAttribute("aria-selected", on ? "true" : "false");
+      }
+    }
+
+    _drawLegend(cars, colours) {
+      const want = cars.join("|");
+      if (this._legend.dataset.cars === want) return;
+      this._legend.dataset.cars = want;
+      this._legend.textContent = "";
+      for (const car of cars) {
+        const span = document.createElement("span");
+        span.textContent = `#${car}`;
+        span.style.setProperty("--swatch", colours.get(car));
+        this._legend.appendChild(span);
+      }
+    }
+
+    _plot(kind, { maxLap, yMin, yMax, invert, yLabel }) {
+      const canvas = this._canvases[kind];
+      const ratio = window.devicePixelRatio || 1;
+      const width = canvas.clientWidth || 320;
+      const height = canvas.clientHeight || 240;
+      if (canvas.width !== Math.round(width * ratio)) canvas.width = Math.round(width * ratio);
+      if (canvas.height !== Math.round(height * ratio)) canvas.height = Math.round(height * ratio);
+      const ctx = canvas.getContext("2d");
+      ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+      ctx.clearRect(0, 0, width, height);
+      const pad = { left: 44, right: 8, top: 8, bottom: 22 };
+      const w = width - pad.left - pad.right;
+      const h = height - pad.top - pad.bottom;
+      const span = yMax - yMin || 1;
+      const x = (lap) => pad.left + (maxLap <= 1 ? w : ((lap - 1) / (maxLap - 1)) * w);
+      const y = (v) => {
+        const f = Math.min(1, Math.max(0, (v - yMin) / span));
+        return pad.top + (invert ? f : 1 - f) * h;
+      };
+      const style = getComputedStyle(this);
+      ctx.strokeStyle = style.getPropertyValue("--lb-line").trim() || "#26303a";
+      ctx.fillStyle = style.getPropertyValue("--lb-muted").trim() || "#8a96a3";
+      ctx.font = "11px ui-monospace, monospace";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      for (let i = 0; i <= 4; i += 1) {
+        const v = yMin + (span * i) / 4;
+        const py = y(v);
+        ctx.moveTo(pad.left, py);
+        ctx.lineTo(pad.left + w, py);
+        ctx.fillText(yLabel(v), 2, py + 4);
+      }
+      const step = Math.max(1, Math.ceil(maxLap / 8));
+      for (let lap = 1; lap <= maxLap; lap += step) ctx.fillText(String(lap), x(lap) - 4, height - 6);
+      ctx.stroke();
+      return { ctx, x, y };
+    }
+
+    _lines(ctx, x, y, series, cars, colours, pick) {
+      ctx.lineWidth = 1.5;
+      for (const car of cars) {
+        ctx.strokeStyle = colours.get(car);
+        ctx.beginPath();
+        let open = false;
+        for (const point of series[car]) {
+          const v = pick(point);
+          if (v === null || v === undefined) {
+            open = false; // no value on this lap (a lapped car): a break in the line
+            continue;
+          }
+          if (open) ctx.lineTo(x(point.lap), y(v));
+          else ctx.moveTo(x(point.lap), y(v));
+          open = true;
+        }
+        ctx.stroke();
+      }
+    }
+
+    _drawGap(series, cars, colours, maxLap) {
+      const gap = (p) => (p.gap_laps ? null : p.gap_ms || 0);
+      let top = 1000;
+      for (const car of cars) for (const p of series[car]) top = Math.max(top, Math.min(GAP_CAP_MS, gap(p) || 0));
+      const { ctx, x, y } = this._plot("gap", {
+        maxLap, yMin: 0, yMax: top, invert: true, yLabel: (v) => `${Math.round(v / 1000)}s`,
+      });
+      this._lines(ctx, x, y, series, cars, colours, gap);
+    }
+
+    _drawLapChart(series, cars, colours, maxLap) {
+      let last = 1;
+      for (const car of cars) for (const p of series[car]) last = Math.max(last, p.position);
+      const { ctx, x, y } = this._plot("lap", {
+        maxLap, yMin: 1, yMax: last, invert: true, yLabel: (v) => `P${Math.round(v)}`,
+      });
+      this._lines(ctx, x, y, series, cars, colours, (p) => p.position);
+    }
+
+    _drawTimes(series, cars, colours, maxLap) {
+      let best = Infinity;
+      for (const car of cars) for (const p of series[car]) if (p.lap_ms) best = Math.min(best, p.lap_ms);
+      if (!Number.isFinite(best)) best = 60000;
+      const { ctx, x, y } = this._plot("times", {
+        maxLap, yMin: best * 0.99, yMax: best * SCATTER_SPAN, invert: false,
+        yLabel: (v) => lapText(v),
+      });
+      for (const car of cars) {
+        ctx.fillStyle = colours.get(car);
+        for (const p of series[car]) {
+          if (!p.lap_ms) continue;
+          ctx.fillRect(x(p.lap) - 1.5, y(p.lap_ms) - 1.5, 3, 3);
+        }
+      }
+    }
+  }
+
+  function pointOf(row) {
+    return {
+      position: row.position,
+      class_position: row.class_position,
+      gap_ms: row.gap_ms ?? null,
+      gap_laps: row.gap_laps || 0,
+      class_gap_ms: row.class_gap_ms ?? null,
+      class_gap_laps: row.class_gap_laps || 0,
+      lap_ms: row.last_lap_ms ?? null,
+    };
+  }
+
+  function lapText(ms) {
+    const minutes = Math.floor(ms / 60000);
+    const seconds = ((ms % 60000) / 1000).toFixed(1).padStart(4, "0");
+    return minutes ? `${minutes}:${seconds}` : (ms / 1000).toFixed(1);
+  }
+
+  if (!customElements.get("live-charts")) customElements.define("live-charts", LiveCharts);
+  window.LiveCharts = LiveCharts;
 })();

@@ -1,0 +1,218 @@
+"""<live-charts> in headless Chromium during a real replay at 1000x: the gap chart, lap chart
+and lap-time scatter hold, for every car, exactly what the board shows at a few race times,
+overall and per class, from the leaderboard's own stream (no second connection)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker import bus
+from broker.mosquitto import Mosquitto
+from chequered.contract import board, control, topics
+from tests.conftest import REPO
+from tests.support.gateway import running_gateway
+from tests.support.wait import until, until_async
+
+playwright_api = pytest.importorskip("playwright.async_api")
+async_playwright = playwright_api.async_playwright
+expect = playwright_api.expect
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+UI_WAIT_MS = 10_000
+RACE = "imsa-2022-laguna-seca-race"
+SCREENSHOT = REPO / "docs" / "img" / "charts.png"
+UPDATE_SCREENSHOT = "CHEQUERED_UPDATE_SCREENSHOT"
+"""Set to 1 to refresh docs/img/charts.png from this test; otherwise the docs stay put."""
+
+
+def _pipeline_missing() -> str | None:
+    for module in ("consumers.projector.service", "simulator.live.producer"):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # someone's work in progress must not fail the module
+            return f"{module}: {exc}"
+    return None
+
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed"),
+    pytest.mark.skipif(_pipeline_missing() is not None, reason=str(_pipeline_missing())),
+]
+
+
+@asynccontextmanager
+async def chromium_page(width: int, height: int) -> AsyncIterator[Any]:
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(UI_WAIT_MS)
+            expect.set_options(timeout=UI_WAIT_MS)
+            yield page
+        finally:
+            await browser.close()
+
+
+def expected(snapshot: board.Snapshot, cls: str | None) -> dict[str, dict[str, Any]]:
+    """What the charts must hold as each car's latest point: the board's row."""
+    out = {}
+    for row in snapshot.cars:
+        if row.laps == 0 or (cls is not None and row.cls != cls):
+            continue
+        out[row.car] = {
+            "lap": row.laps,
+            "position": row.class_position if cls else row.position,
+            "gap_ms": row.class_gap_ms if cls else row.gap_ms,
+            "gap_laps": row.class_gap_laps if cls else row.gap_laps,
+            "lap_ms": row.last_lap_ms,
+        }
+    return out
+
+
+async def _command(url: str, race: str, command: control.Command) -> None:
+    async with bus.connect(url) as pub:
+        await pub.publish(topics.topic(race, topics.CONTROL), control.encode(command))
+
+
+async def test_charts_match_the_board_at_several_race_times(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    from chequered.cli.live import load_timeline
+    from consumers.projector.service import run_projector
+    from simulator.live.producer import ReplaySpec, run_producer
+
+    race, events = load_timeline(RACE, seed=0)
+    last_seq = events[-1].seq
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    tasks = [
+        asyncio.create_task(
+            run_projector(mosquitto.url, client_id="charts-projector", stop=stop, ready=ready)
+        )
+    ]
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        spec = ReplaySpec(race, events, speed=1000.0, paused=True)
+        tasks.append(asyncio.create_task(run_producer(mosquitto.url, [spec], stop=stop)))
+        async with (
+            running_gateway(mosquitto.url) as (gateway, port),
+            chromium_page(1280, 1400) as page,
+        ):
+            await page.emulate_media(reduced_motion="reduce")
+            await until(lambda: race in gateway.races, 10, "the producer's status")
+            sockets: list[str] = []
+            page.on("websocket", lambda ws: sockets.append(ws.url))
+            await page.goto(f"http://127.0.0.1:{port}/?race={race}")
+            charts = page.locator("live-charts")
+            await expect(charts.locator(".ch-empty")).to_be_visible()
+            cache = gateway.races[race]
+
+            async def settled() -> board.Snapshot:
+                """Paused: the board, the widget and the charts all at the same seq."""
+                await until(lambda: cache.snapshot is not None, 10, "standings")
+
+                async def same() -> bool:
+                    assert cache.snapshot is not None
+                    seq = str(cache.snapshot.seq)
+                    widget = await page.locator("live-leaderboard").get_attribute("data-seq")
+                    drawn = await charts.get_attribute("data-seq")
+                    return widget == seq and drawn == seq
+
+                await until_async(same, 15, "the widget and the charts at the board's seq")
+                assert cache.snapshot is not None
+                return cache.snapshot
+
+            async def check(snap: board.Snapshot) -> None:
+                latest = await charts.evaluate("el => el.latest(null)")
+                assert latest == expected(snap, None)
+                for cls in snap.session.classes:
+                    in_class = await charts.evaluate("(el, c) => el.latest(c)", cls)
+                    assert in_class == expected(snap, cls), cls
+
+            # Live at 1000x, paused a third of the way in.
+            await _command(mosquitto.url, race, control.Resume())
+            await until(
+                lambda: cache.snapshot is not None and cache.snapshot.seq > last_seq // 3,
+                60,
+                "a third of the race",
+            )
+            await _command(mosquitto.url, race, control.Pause())
+            await until(
+                lambda: cache.status is not None and cache.status.state == "paused", 10, "paused"
+            )
+            snap = await settled()
+            await check(snap)
+
+            # A forward seek (the race up to there as fast as possible), then a backward one
+            # (a reset: the charts drop the laps not run again).
+            ahead = snap.session.leader_laps + 30
+            await _command(mosquitto.url, race, control.Seek(lap=ahead))
+            await until(
+                lambda: (
+                    cache.snapshot is not None and cache.snapshot.session.leader_laps >= ahead - 1
+                ),
+                30,
+                "the seek forward",
+            )
+            await check(await settled())
+            await _command(mosquitto.url, race, control.Seek(lap=20))
+            await until(
+                lambda: cache.snapshot is not None and cache.snapshot.session.leader_laps < 20,
+                30,
+                "the seek back",
+            )
+            await check(await settled())
+
+            # A class tab shows that class's cars only, gaps to the class leader.
+            snap = await settled()
+            cls = snap.session.classes[-1]
+            await charts.locator(f".ch-tabs button[data-tab='{cls}']").click()
+            await expect(charts).to_have_attribute("data-filter", cls)
+            legend = await charts.locator(".ch-legend span").all_text_contents()
+            assert sorted(legend) == sorted(f"#{car}" for car in expected(snap, cls))
+            await charts.locator(".ch-tabs button[data-tab='All']").click()
+
+            # To the end: the final board, and a history of (nearly) every lap of each car.
+            await _command(mosquitto.url, race, control.Resume())
+            await expect(page.locator("live-leaderboard")).to_have_attribute(
+                "data-finished", "true", timeout=60_000
+            )
+            final = await settled()
+            await check(final)
+            series = await charts.evaluate("el => el.series(null)")
+            leader = final.cars[0]
+            laps = [point["lap"] for point in series[leader.car]]
+            assert laps[-1] == leader.laps
+            print("leader laps in the charts:", len(laps), "of", leader.laps)
+            assert len(laps) >= 0.9 * leader.laps, "the charts lost laps at 1000x"
+            assert int(await charts.get_attribute("data-draws") or 0) > 2
+            painted = await charts.evaluate(
+                """el => [...el.shadowRoot.querySelectorAll('canvas')].map(c => {
+                  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  let n = 0;
+                  for (let i = 3; i < d.length; i += 4) if (d[i]) n++;
+                  return n;
+                })"""
+            )
+            assert all(n > 1000 for n in painted), painted
+            # One data source: the page's only websockets are the board's and the picker's.
+            assert len(sockets) == 2, sockets
+            shot = tmp_path / "charts.png"
+            await charts.screenshot(path=str(shot))
+            if os.environ.get(UPDATE_SCREENSHOT) == "1":
+                shutil.copyfile(shot, SCREENSHOT)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
