@@ -128,7 +128,7 @@ async def test_charts_match_the_board_at_several_race_times(
                     seq = str(cache.snapshot.seq)
                     widget = await page.locator("live-leaderboard").get_attribute("data-seq")
                     drawn = await charts.get_attribute("data-seq")
-                    return widget == seq and drawn == seq
+                    return bool(widget == seq and drawn == seq)
 
                 await until_async(same, 15, "the widget and the charts at the board's seq")
                 assert cache.snapshot is not None
