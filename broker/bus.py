@@ -13,28 +13,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import select
+import secrets
 import socket
 import ssl
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
-import paho.mqtt.client as paho
+import structlog
+
+from broker import aiomqtt_internals as internals
+from broker.errors import BusError
+
+__all__ = [
+    "BrokerAddress",
+    "BrokerUrlError",
+    "Bus",
+    "BusError",
+    "Message",
+    "Will",
+    "connect",
+    "default_client_id",
+    "parse_url",
+    "redacted",
+    "topic_matches",
+]
+
+_log = structlog.get_logger(__name__)
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
 MAX_INCOMING = 0
 """aiomqtt's incoming queue bound; 0 is unbounded: MQTT flow control bounds it."""
-READ_BURST = 16
-"""Most MQTT packets read from the socket per wake-up of the event loop. Bursts of this
-size keep a turn of the loop short and, in the gateway, a turn's writes to each client
-under its ``write_limit``: 1,000 clients took 300 deltas without one coalesced backlog
-(at 64, every client was coalesced once)."""
+READ_BURST = internals.READ_BURST
+NO_DELAY: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+"""Nagle's algorithm off (the client leaves it on). With it on, a QoS 1 publish written while
+the previous packet is still unacknowledged waits for the peer's delayed TCP ACK (40 ms
+on Linux): a consumer that acknowledges, then publishes, then waits for PUBACK would
+crawl at a few hundred messages per second."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,100 +158,58 @@ def parse_url(
 # -- MQTT ------------------------------------------------------------------
 
 
+_CLIENT_ERRORS = (aiomqtt.MqttError, OSError)
+"""What aiomqtt raises for a connection refused, lost or timed out (TLS errors are
+``OSError``s). The bus turns them into ``BusError``; nothing else leaves it."""
+
+
+@contextlib.contextmanager
+def _as_bus_error() -> Iterator[None]:
+    try:
+        yield
+    except BusError:
+        raise
+    except _CLIENT_ERRORS as exc:
+        raise BusError(str(exc) or type(exc).__name__) from exc
+
+
 class MqttBus:
     """A ``Bus`` over one aiomqtt client."""
 
     def __init__(self, client: aiomqtt.Client, *, manual_ack: bool = False) -> None:
         self.client = client
         self.manual_ack = manual_ack
+        self._ack = internals.acknowledger(client) if manual_ack else None
+        self._take = internals.queued(client)
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> None:
-        await self.client.publish(topic, payload, qos=qos, retain=retain)
+        with _as_bus_error():
+            await self.client.publish(topic, payload, qos=qos, retain=retain)
 
     async def subscribe(self, pattern: str, *, qos: int = 1) -> None:
-        await self.client.subscribe(pattern, qos=qos)
+        with _as_bus_error():
+            await self.client.subscribe(pattern, qos=qos)
 
     async def messages(self) -> AsyncIterator[Message]:
         # aiomqtt's iterator spends a task and a wait on every message, and a turn of
         # the event loop or two; what one read of the socket queued is handed over at
         # once instead, so that a consumer handles a burst in one turn of the loop.
-        queue = self.client._queue
-        async for message in self.client.messages:
-            yield self._message(message)
-            while not queue.empty():
-                yield self._message(queue.get_nowait())
+        take = self._take
+        with _as_bus_error():
+            async for message in self.client.messages:
+                yield self._message(message)
+                while (more := take()) is not None:
+                    yield self._message(more)
 
     def _message(self, message: aiomqtt.Message) -> Message:
         payload = message.payload
         data = payload if isinstance(payload, bytes) else str(payload).encode()
         ack = None
-        if self.manual_ack and message.qos > 0:
-            # aiomqtt does not expose paho's manual acknowledgement; its client does.
-            ack = functools.partial(self.client._client.ack, message.mid, message.qos)
+        if self._ack is not None and message.qos > 0:
+            ack = functools.partial(self._ack, message.mid, message.qos)
         return Message(message.topic.value, data, bool(message.retain), ack)
-
-
-class _Client(aiomqtt.Client):
-    """aiomqtt's client, reading every packet the socket holds when it wakes up.
-
-    aiomqtt's reader calls paho's ``loop_read``, which reads one packet when
-    nothing is in flight (a subscriber's case), so each further packet of a
-    burst waited for a turn of the event loop of its own. Reading while the
-    socket (or the TLS layer) still holds bytes hands the burst over at once.
-    The two callbacks replaced are aiomqtt's own, with their error handling; they
-    use its internals, which is why pyproject.toml pins aiomqtt's minor release.
-    """
-
-    def _on_socket_open(self, client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        pending = getattr(sock, "pending", None)  # bytes the TLS layer has decrypted
-
-        def readable() -> bool:
-            return bool((pending is not None and pending() > 0) or poller.poll(0))
-
-        def read() -> None:
-            try:
-                for _ in range(READ_BURST):
-                    client.loop_read()
-                    if client.socket() is None or not readable():
-                        break
-            except Exception as exc:
-                self._broken(exc)
-
-        def create_misc_task() -> None:
-            self._misc_task = self._loop.create_task(self._misc_loop())
-
-        # paho calls this from the thread that connects: hand the work to the loop.
-        self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), read)
-        self._loop.call_soon_threadsafe(create_misc_task)
-
-    def _on_socket_register_write(
-        self, client: paho.Client, userdata: object, sock: paho.SocketLike
-    ) -> None:
-        # As aiomqtt's, but the writer is added only if the socket is still the client's
-        # and open when the loop gets to it: a burst read can see the connection close
-        # after a packet that asked for a write, and its descriptor may be reused.
-        fd = sock.fileno()
-
-        def write() -> None:
-            try:
-                client.loop_write()
-            except Exception as exc:
-                self._broken(exc)
-
-        def add() -> None:
-            if client.socket() is sock and sock.fileno() == fd:
-                self._loop.add_writer(fd, write)
-
-        self._loop.call_soon_threadsafe(add)
-
-    def _broken(self, exc: Exception) -> None:
-        """As aiomqtt's callbacks: an error on the socket means the connection broke."""
-        if not self._disconnected.done():
-            self._disconnected.set_exception(exc)
 
 
 def _tls(address: BrokerAddress) -> aiomqtt.TLSParameters | None:
@@ -341,10 +318,10 @@ async def connect(
         finally:
             await bus._close(clean=clean)
         return
-    client = _Client(
-        address.host,
-        address.port,
-        identifier=client_id or f"chequered-{uuid.uuid4().hex[:12]}",
+    client = internals.make_client(
+        hostname=address.host,
+        port=address.port,
+        identifier=client_id or default_client_id(),
         username=address.username,
         password=address.password,
         clean_session=clean_session,
@@ -353,23 +330,53 @@ async def connect(
         tls_params=_tls(address),
         max_queued_incoming_messages=MAX_INCOMING,
         max_inflight_messages=max_inflight,
+        socket_options=NO_DELAY,
     )
     if manual_ack:
-        client._client.manual_ack_set(True)
-    async with client:
-        _no_delay(client)
+        internals.set_manual_ack(client)
+    with _as_bus_error():
+        await client.__aenter__()
+    try:
         yield MqttBus(client, manual_ack=manual_ack)
+    except BaseException as exc:
+        # The body's exception is the one to raise; the client's own trouble leaving
+        # (a connection already gone) adds nothing to it.
+        with contextlib.suppress(*_CLIENT_ERRORS):
+            await client.__aexit__(type(exc), exc, exc.__traceback__)
+        _note_disconnect(client, exc)
+        raise
+    with _as_bus_error():
+        await client.__aexit__(None, None, None)
+    _note_disconnect(client, None)
 
 
-def _no_delay(client: aiomqtt.Client) -> None:
-    """Turn Nagle's algorithm off on the client's socket (paho leaves it on).
+def default_client_id(prefix: str = "chequered") -> str:
+    """``prefix`` and a random suffix: an id nobody can guess, so nobody can connect
+    with it to take a connection over (MQTT drops the older of two equal ids)."""
+    return f"{prefix}-{secrets.token_hex(8)}"
 
-    With it on, a QoS 1 publish written while the previous packet is still
-    unacknowledged waits for the peer's delayed TCP ACK (40 ms on Linux): a
-    consumer that acknowledges, then publishes, then waits for PUBACK would
-    crawl at a few hundred messages per second.
-    """
-    setsockopt = getattr(client._client.socket(), "setsockopt", None)
-    if setsockopt is not None:
-        with contextlib.suppress(OSError):
-            setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+def _note_disconnect(client: aiomqtt.Client, raised: BaseException | None) -> None:
+    """Log why the connection broke unless the exception raised already says so, and
+    mark it seen either way: unseen, asyncio prints "Future exception was never
+    retrieved" with a traceback when the client is collected."""
+    error = internals.take_disconnect_error(client)
+    if error is None or _caused_by(raised, error):
+        return
+    _log.warning("bus.connection_lost", client_id=client.identifier, error=str(error))
+
+
+def _caused_by(raised: BaseException | None, error: BaseException) -> bool:
+    seen: set[int] = set()
+    todo = [raised]
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        if exc is error:
+            return True
+        seen.add(id(exc))
+        todo += [exc.__cause__, exc.__context__]
+        if isinstance(exc, BaseExceptionGroup):
+            todo += exc.exceptions
+    return False

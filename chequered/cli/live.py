@@ -19,11 +19,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import msgspec
 
 from broker import mosquitto
-from broker.bus import BrokerAddress, connect
+from broker.bus import BrokerAddress, BusError, connect
 from chequered.cli.broker_options import broker_address, broker_options
 from chequered.cli.main import UserError
 from chequered.contract import control, topics
@@ -394,7 +393,7 @@ def _control(args: argparse.Namespace) -> int:
     command = _command(args, uuid.uuid4().hex[:12])
     try:
         status = asyncio.run(send_command(address, args.race, command, args.timeout))
-    except (OSError, aiomqtt.MqttError) as exc:
+    except (OSError, BusError) as exc:
         raise UserError(f"--broker {address.url()}: {exc}") from None
     reply = status.reply
     assert reply is not None
@@ -425,7 +424,7 @@ def _status(args: argparse.Namespace) -> int:
     address = broker_address(args)
     try:
         status = asyncio.run(read_status(address, args.race, args.timeout))
-    except (OSError, aiomqtt.MqttError) as exc:
+    except (OSError, BusError) as exc:
         raise UserError(f"--broker {address.url()}: {exc}") from None
     except ValueError as exc:
         raise UserError(f"{args.race}: the retained status is not readable: {exc}") from None
@@ -447,5 +446,8 @@ def _demo(args: argparse.Namespace) -> int:
         return _run(demo.run)
     except* mosquitto.MosquittoError as group:
         raise UserError(str(group.exceptions[0])) from None
+    except* BusError as group:
+        shown = address.url() if address is not None else "the private broker"
+        raise UserError(f"--broker {shown}: {group.exceptions[0]}") from None
     except* OSError as group:
         raise UserError(f"--host {args.host} --port {args.port}: {group.exceptions[0]}") from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-import aiomqtt
-
-from broker.bus import BrokerAddress, Bus, Message, connect
+from broker.backoff import Backoff
+from broker.bus import BrokerAddress, Bus, BusError, Message, connect
 from chequered import log
 from chequered.contract import board, topics
 from chequered.contract.events import Clock, Event, Flag, Reset, SessionOpened
@@ -60,10 +58,9 @@ class ProjectorSettings:
     snapshot_max_hz: float = 5.0
     """Retained snapshots per second per race at most; deltas carry what lies between."""
     reconnect_min_s: float = 0.2
-    """First wait before reconnecting to a lost broker; doubles up to ``reconnect_max_s``."""
+    """Longest wait before the first reconnect to a lost broker; doubles up to
+    ``reconnect_max_s``, each wait drawn from zero to that (``broker.backoff``)."""
     reconnect_max_s: float = 5.0
-    reconnect_jitter: float = 0.5
-    """Each wait is drawn from [1 - jitter, 1 + jitter] times the nominal one."""
     keepalive_s: int = 10
     flush_delay_s: float = 0.002
     """Longest wait, after a message, for more to fold with it before a flush (0: none).
@@ -707,7 +704,7 @@ async def run_projector(
         server = await start_metrics_server(
             registry, port=metrics_port, health=lambda: _health(projector)
         )
-    delay = settings.reconnect_min_s
+    backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
     try:
         while not stop.is_set():
             try:
@@ -728,22 +725,21 @@ async def run_projector(
                     metrics.connected.set(1)
                     _log.info("projector_subscribed", pattern=EVENTS_PATTERN, client_id=client_id)
                     await projector.publish_all(bus)
-                    delay = settings.reconnect_min_s
+                    backoff.reset()
                     if ready is not None:
                         ready.set()
                     await projector.serve(bus, stop)
                     return
-            except (aiomqtt.MqttError, OSError) as exc:
+            except (BusError, OSError) as exc:
+                # OSError: a checkpoint that could not be written (see save_checkpoints).
                 metrics.connected.set(0)
                 metrics.reconnects.inc()
                 # Acknowledgements belong to the lost connection; the broker
                 # redelivers those messages and the fold drops them by seq.
                 projector.pending_acks.clear()
-                jitter = settings.reconnect_jitter
-                wait = delay * random.uniform(1 - jitter, 1 + jitter)
+                wait = backoff.next()
                 _log.warning("broker_lost", error=str(exc) or type(exc).__name__, retry_s=wait)
                 await _sleep_or_stop(stop, wait)
-                delay = min(delay * 2, settings.reconnect_max_s)
     finally:
         metrics.connected.set(0)
         projector.close()

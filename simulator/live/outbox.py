@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -33,19 +33,17 @@ class ProducerSettings:
     status_interval_s: float = 1.0
     """Status refresh while running; state changes and replies are published at once."""
     reconnect_min_s: float = 0.1
-    """First delay before reconnecting; doubles per failed attempt."""
+    """Longest wait before the first reconnect; doubles per failed attempt (full jitter:
+    each wait is drawn from zero to that, ``broker.backoff``)."""
     reconnect_max_s: float = 5.0
-    """Longest delay between reconnect attempts."""
+    """Longest wait between reconnect attempts."""
     max_command_bytes: int = 4096
     """Larger control payloads are rejected unread."""
     max_pending_commands: int = 100
     """Control payloads waiting to be handled; more are rejected (a flood, not a person)."""
-
-
-def backoff_s(attempt: int, settings: ProducerSettings, rand: Callable[[], float]) -> float:
-    """Exponential backoff with jitter, so that a restarted broker is not hit all at once."""
-    cap = min(settings.reconnect_max_s, settings.reconnect_min_s * 2.0 ** (attempt - 1))
-    return float(cap * (0.5 + 0.5 * rand()))
+    keepalive_s: int = 10
+    """MQTT keepalive: with nothing else to send, a ping this often; the broker drops the
+    connection (and publishes the last will) after 1.5 times this without a packet."""
 
 
 def batch_payload(race: str, parts: Sequence[bytes]) -> bytes:

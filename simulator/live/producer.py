@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import aiomqtt
-
-from broker.bus import BrokerAddress, Bus, Will, connect
+from broker.backoff import Backoff
+from broker.bus import BrokerAddress, Bus, BusError, Will, connect, default_client_id
 from chequered import log
 from chequered.contract import control, topics
 from chequered.contract.control import Reply, Status
@@ -26,7 +24,7 @@ from chequered.contract.events import Event
 from simulator.live.faults import Injector
 from simulator.live.feed import Feed
 from simulator.live.hostile import hostile
-from simulator.live.outbox import Outbox, ProducerSettings, backoff_s
+from simulator.live.outbox import Outbox, ProducerSettings
 
 _log = log.get(__name__)
 
@@ -66,10 +64,13 @@ async def run_producer(
     ]
     async with asyncio.TaskGroup() as group:
         for feed, spec in zip(feeds, replays, strict=True):
-            prefix = client_id or "chequered-producer"
+            # Clean sessions: nothing ties a race to its id, so by default it is one
+            # nobody can guess (and so cannot take over). Given a prefix, the id is stable.
+            name = f"{client_id}-{feed.race}" if client_id else default_client_id(
+                f"chequered-producer-{feed.race}")  # fmt: skip
             race = _Race(feed, Outbox(feed.race, settings), settings, on_status or _ignore,
                          spec.faults)  # fmt: skip
-            group.create_task(race.run(url, f"{prefix}-{feed.race}", stop))
+            group.create_task(race.run(url, name, stop))
 
 
 def _ignore(status: Status) -> None:
@@ -94,23 +95,24 @@ class _Race:
 
     async def run(self, url: str | BrokerAddress, client_id: str, stop: asyncio.Event) -> None:
         """Serve the race until ``stop``, reconnecting with backoff and jitter on a lost broker."""
-        attempt = 0
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while not stop.is_set():
             error: BaseException | None = None
             will = Will(self.topic(topics.STATUS), self.status_payload(offline=True))
             try:
                 async with (
-                    connect(url, client_id=client_id, will=will, keepalive=self.settings.keepalive_s) as bus,
+                    connect(
+                        url, client_id=client_id, will=will, keepalive=self.settings.keepalive_s
+                    ) as bus,
                     hostile(bus, self.faults) as bus,
                 ):
-                    attempt = 0
+                    backoff.reset()
                     await self.serve(bus, stop)
-            except* (aiomqtt.MqttError, OSError) as group:
+            except* BusError as group:
                 error = group.exceptions[0]
             if error is None:
                 break
-            attempt += 1
-            delay = backoff_s(attempt, self.settings, random.random)
+            delay = backoff.next()
             _log.warning(
                 "producer.disconnected", race=self.feed.race, error=str(error),
                 retry_in_s=round(delay, 3), acked_seq=self.outbox.acked_seq,

@@ -22,6 +22,7 @@ from broker.bus import Message, connect
 from broker.mosquitto import Mosquitto
 from chequered.contract import board, control, topics
 from chequered.contract.control import Seek, SetSpeed
+from chequered.contract.deadletter import DeadLetter
 from chequered.contract.events import Event, SessionClosed, encode
 from consumers.metrics import Registry
 from consumers.projector import intake
@@ -214,7 +215,7 @@ def race_of_laps() -> Script:
     return s
 
 
-def letters(projector: Projector) -> list[intake.DeadLetter]:
+def letters(projector: Projector) -> list[DeadLetter]:
     return [intake.decode_dead_letter(payload) for _, payload in projector.outbox]
 
 

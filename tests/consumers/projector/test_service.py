@@ -24,6 +24,7 @@ import pytest
 from broker import bus
 from broker.mosquitto import Mosquitto
 from chequered.contract import board, topics
+from chequered.contract.deadletter import DeadLetter
 from chequered.contract.events import Batch, Event, Flag, Lap, Reset, encode
 from consumers.metrics import Registry
 from consumers.projector import checkpoints, intake
@@ -62,7 +63,7 @@ class Reader:
         topic = topics.topic(race, topics.STANDINGS_DELTA)
         return [board.decode_delta(m.payload) for m in self.messages if m.topic == topic]
 
-    def dead(self, race: str) -> list[intake.DeadLetter]:
+    def dead(self, race: str) -> list[DeadLetter]:
         topic = topics.topic(race, topics.DEAD_LETTER)
         return [intake.decode_dead_letter(m.payload) for m in self.messages if m.topic == topic]
 

@@ -1,0 +1,183 @@
+"""Everything the bus needs from aiomqtt's and paho's internals, and nothing else.
+
+aiomqtt has no public way to read every waiting packet per wake-up, to hand a
+burst of queued messages over at once, to acknowledge by hand, or to learn
+why a connection broke when nothing awaited it. Those reach into private
+names; they are all here, each named in ``CLIENT_METHODS`` / ``CLIENT_FIELDS``
+and checked when a client is made, so that an aiomqtt release that renamed
+one fails at start-up with the name, not later with an ``AttributeError`` deep
+in a callback. ``TESTED_AIOMQTT`` is the range the test suite pins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import re
+import select
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import aiomqtt
+import paho.mqtt.client as paho
+
+from broker.errors import BusError
+
+TESTED_AIOMQTT: Final = ((2, 5), (2, 6))
+"""aiomqtt releases the bus is tested with: from the first (included) to the second
+(excluded) ``(major, minor)``; pyproject.toml pins the same range."""
+
+CLIENT_METHODS: Final = ("_on_socket_open", "_on_socket_register_write", "_misc_loop")
+"""aiomqtt ``Client`` methods replaced or called by ``BurstClient``."""
+CLIENT_FIELDS: Final = ("_client", "_loop", "_queue", "_disconnected", "_misc_task")
+"""aiomqtt ``Client`` instance attributes read here."""
+PAHO_METHODS: Final = ("loop_read", "loop_write", "socket", "manual_ack_set", "ack")
+"""paho ``Client`` methods used through aiomqtt's paho client."""
+
+READ_BURST: Final = 16
+"""Most MQTT packets read from the socket per wake-up of the event loop. Bursts of this
+size keep a turn of the loop short and, in the gateway, a turn's writes to each client
+under its ``write_limit``: 1,000 clients took 300 deltas without one coalesced backlog
+(at 64, every client was coalesced once)."""
+
+
+def version() -> str:
+    return importlib.metadata.version("aiomqtt")
+
+
+def release(text: str) -> tuple[int, int]:
+    """``(major, minor)`` of a version string such as ``2.5.1``."""
+    match = re.match(r"(\d+)\.(\d+)", text)
+    if match is None:
+        raise ValueError(f"not a release number: {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def is_tested(text: str) -> bool:
+    low, high = TESTED_AIOMQTT
+    return low <= release(text) < high
+
+
+def require(obj: object, names: Iterable[str], *, what: str = "aiomqtt") -> None:
+    """Raise ``BusError`` naming every attribute of ``names`` that ``obj`` lacks."""
+    missing = [name for name in names if not hasattr(obj, name)]
+    if missing:
+        low = ".".join(map(str, TESTED_AIOMQTT[0]))
+        raise BusError(
+            f"{what} {version()} lacks {', '.join(missing)}: chequered is tested with aiomqtt {low}"
+        )
+
+
+def check_class(cls: type = aiomqtt.Client) -> None:
+    """The start-up check of aiomqtt's client class (and paho's, which it wraps)."""
+    require(cls, CLIENT_METHODS)
+    require(paho.Client, PAHO_METHODS, what="paho-mqtt under aiomqtt")
+
+
+def check_client(client: object) -> None:
+    """The check of a client just made: the private attributes read from it."""
+    require(client, CLIENT_FIELDS)
+
+
+class BurstClient(aiomqtt.Client):
+    """aiomqtt's client, reading every packet the socket holds when it wakes up.
+
+    aiomqtt's reader calls paho's ``loop_read``, which reads one packet when
+    nothing is in flight (a subscriber's case), so each further packet of a
+    burst waited for a turn of the event loop of its own. Reading while the
+    socket (or the TLS layer) still holds bytes hands the burst over at once.
+    The two callbacks replaced are aiomqtt's own, with their error handling.
+    """
+
+    def _on_socket_open(self, client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        pending = getattr(sock, "pending", None)  # bytes the TLS layer has decrypted
+
+        def readable() -> bool:
+            return bool((pending is not None and pending() > 0) or poller.poll(0))
+
+        def read() -> None:
+            try:
+                for _ in range(READ_BURST):
+                    client.loop_read()
+                    if client.socket() is None or not readable():
+                        break
+            except Exception as exc:
+                self._broken(exc)
+
+        def create_misc_task() -> None:
+            self._misc_task = self._loop.create_task(self._misc_loop())
+
+        # paho calls this from the thread that connects: hand the work to the loop.
+        self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), read)
+        self._loop.call_soon_threadsafe(create_misc_task)
+
+    def _on_socket_register_write(
+        self, client: paho.Client, userdata: object, sock: paho.SocketLike
+    ) -> None:
+        # As aiomqtt's, but the writer is added only if the socket is still the client's
+        # and open when the loop gets to it: a burst read can see the connection close
+        # after a packet that asked for a write, and its descriptor may be reused.
+        fd = sock.fileno()
+
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:
+                self._broken(exc)
+
+        def add() -> None:
+            if client.socket() is sock and sock.fileno() == fd:
+                self._loop.add_writer(fd, write)
+
+        self._loop.call_soon_threadsafe(add)
+
+    def _broken(self, exc: Exception) -> None:
+        """As aiomqtt's callbacks: an error on the socket means the connection broke."""
+        if not self._disconnected.done():
+            self._disconnected.set_exception(exc)
+
+
+def make_client(**kwargs: object) -> BurstClient:
+    """A ``BurstClient`` (aiomqtt's keyword arguments), its private names checked first."""
+    check_class(BurstClient)
+    client = BurstClient(**kwargs)  # type: ignore[arg-type]
+    check_client(client)
+    return client
+
+
+def queued(client: aiomqtt.Client) -> Callable[[], aiomqtt.Message | None]:
+    """A function that takes the next message already received, or None: a consumer
+    handles what one read of the socket queued without a task and a wait each."""
+    queue: asyncio.Queue[aiomqtt.Message] = client._queue
+
+    def take() -> aiomqtt.Message | None:
+        return None if queue.empty() else queue.get_nowait()
+
+    return take
+
+
+def set_manual_ack(client: aiomqtt.Client) -> None:
+    """QoS 1 messages are acknowledged only by ``acknowledger``'s function."""
+    client._client.manual_ack_set(True)
+
+
+def acknowledger(client: aiomqtt.Client) -> Callable[[int, int], object]:
+    """paho's ``ack(mid, qos)``: aiomqtt does not expose manual acknowledgement."""
+    ack: Callable[[int, int], object] = client._client.ack
+    return ack
+
+
+def take_disconnect_error(client: aiomqtt.Client) -> BaseException | None:
+    """Why the connection broke, if it did; marks it seen.
+
+    aiomqtt keeps it in a future that only its message iterator reads: a client
+    whose messages nobody was reading at the time leaves it unread, and asyncio
+    prints "Future exception was never retrieved" with a traceback when the
+    client is collected. Taking it here lets the bus log it once, as a line.
+    """
+    future: asyncio.Future[None] = client._disconnected
+    if not future.done() or future.cancelled():
+        return None
+    return future.exception()

@@ -1,0 +1,67 @@
+"""The borrowed aiomqtt internals: the release is a tested one, and a missing name is named."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tomllib
+
+import pytest
+
+from broker import aiomqtt_internals as internals
+from broker.bus import BusError
+from tests.conftest import REPO
+
+
+def test_the_installed_aiomqtt_is_a_tested_release() -> None:
+    installed = importlib.metadata.version("aiomqtt")
+    low, high = internals.TESTED_AIOMQTT
+    assert internals.is_tested(installed), (
+        f"aiomqtt {installed} is outside the tested range {low} to {high} (excluded):"
+        " check broker/aiomqtt_internals.py against it, then widen TESTED_AIOMQTT"
+    )
+
+
+def test_pyproject_pins_the_tested_range() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    low, high = internals.TESTED_AIOMQTT
+    pin = f"aiomqtt>={low[0]}.{low[1]},<{high[0]}.{high[1]}"
+    assert pin in project["project"]["dependencies"]
+
+
+@pytest.mark.parametrize(
+    ("text", "tested"), [("2.5.0", True), ("2.5.1", True), ("2.6.0", False), ("2.4.9", False)]
+)
+def test_release_numbers_are_read_by_major_and_minor(text: str, tested: bool) -> None:
+    assert internals.is_tested(text) is tested
+
+
+def test_the_installed_client_has_every_name_the_bus_borrows() -> None:
+    internals.check_class()  # raises BusError naming what is missing
+
+
+class _StandIn:
+    _client = object()
+    _loop = object()
+
+
+def test_a_missing_attribute_is_named_in_one_clear_error() -> None:
+    with pytest.raises(BusError) as caught:
+        internals.check_client(_StandIn())
+    message = str(caught.value)
+    assert "lacks _queue, _disconnected, _misc_task" in message
+    assert f"aiomqtt {importlib.metadata.version('aiomqtt')}" in message
+    assert "chequered is tested with aiomqtt 2.5" in message
+
+
+def test_a_client_class_without_the_replaced_callbacks_is_refused() -> None:
+    with pytest.raises(BusError, match="lacks _on_socket_open, _on_socket_register_write"):
+        internals.check_class(type("Bare", (), {"_misc_loop": None}))
+
+
+def test_no_module_outside_it_names_aiomqtt_or_paho_internals() -> None:
+    for path in (REPO / "broker").glob("*.py"):
+        if path.name == "aiomqtt_internals.py":
+            continue
+        text = path.read_text()
+        for name in ("._client", "._disconnected", "_misc_", "_on_socket", "paho"):
+            assert name not in text, f"{path.name} uses {name}: keep it in aiomqtt_internals.py"
