@@ -24,6 +24,7 @@ from simulator.recording.format import (
     RaceFacts,
     Recording,
 )
+from simulator.timeline.incidents import read as read_notes
 
 Severity = Literal["error", "warning"]
 
@@ -408,6 +409,21 @@ def _check_notes(rec: Recording, entered: dict[str, Entry], issues: list[Issue])
                 issues.append(
                     Issue(f"$.notes[{i}]", f"note names car #{number}, which is not entered")
                 )
+    if rec.facts.session == "race" and not rec.laps:
+        # A synthesised race tells its notes as incidents and messages; say which it cannot.
+        for unused in read_notes(rec).unused:
+            issues.append(
+                Issue(
+                    f"$.notes[{unused.note}]",
+                    f"note not used by the timeline ({unused.reason}): "
+                    f"{_excerpt(rec.notes[unused.note].text)}",
+                    "warning",
+                )
+            )
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def _check_laps(rec: Recording, entered: dict[str, Entry], issues: list[Issue]) -> None:

@@ -27,6 +27,7 @@ from chequered.contract.events import (
     Lap,
     PitIn,
     PitOut,
+    RaceControl,
     Reset,
     ResultRow,
     Retire,
@@ -40,7 +41,8 @@ from simulator.recording.format import Recording
 
 # Order of events that share a millisecond: the session opens first, flags
 # change before cars cross under them, the chequered flag falls as the leader
-# crosses, and a car finishes or retires after its last crossing.
+# crosses, a car finishes or retires after its last crossing, and race control
+# tells of what happened in that millisecond after it.
 _RANK: dict[type[Event], int] = {
     SessionOpened: 0,
     Reset: 0,
@@ -52,6 +54,7 @@ _RANK: dict[type[Event], int] = {
     PitOut: 4,
     Finish: 5,
     Retire: 6,
+    RaceControl: 7,
     SessionClosed: 9,
 }
 
@@ -86,12 +89,18 @@ def assemble(
         return _number_qualifying(ordered, race=race, grid=grid or [])
     reached: dict[int, int] = {}
     out: list[Event] = []
+    leader = 0
     for seq, event in enumerate(ordered, start=1):
         if isinstance(event, Sector | Lap):
             d = distance(event, lines)
             ahead = reached.get(d, 0)
             reached[d] = ahead + 1
+            if isinstance(event, Lap) and event.lap > leader:
+                leader = event.lap
             out.append(replace(event, race=race, seq=seq, position=ahead + 1))
+        elif isinstance(event, RaceControl):
+            # A message is dated by the leader's laps, as a timing screen shows it.
+            out.append(replace(event, race=race, seq=seq, lap=leader))
         else:
             out.append(replace(event, race=race, seq=seq))
     return out

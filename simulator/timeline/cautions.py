@@ -39,6 +39,10 @@ class CautionSettings:
     """Laps behind the safety car after a red flag."""
     red_stagger: float = 0.2
     """Cars leave a red flag this share of their arrival spread apart."""
+    incident_yellow_s: tuple[float, float] = (240.0, 600.0)
+    """Length of the yellow a crash in the notes brings out, uniform."""
+    incident_green_after_s: float = 300.0
+    """Such a yellow ends at least this long before time runs out."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class Neutral:
     bunch: bool = True
     """The field closes up behind the safety car (not after a standing restart)."""
     reason: str | None = None
+    cars: tuple[str, ...] = ()
+    """The cars that brought it out, when known."""
+    provenance: str = "model"
+    """Where its cause comes from: a recording's facts or notes, or the model."""
 
 
 @dataclass

@@ -70,6 +70,8 @@ class Stop:
     extra_ms: float = 0.0
     """Time in the garage on top of a routine stop (repairs)."""
     reason: str | None = None
+    force_change: bool = False
+    """The driver changes whatever the turn (a note says so)."""
 
     @property
     def standing_ms(self) -> float:
@@ -128,9 +130,9 @@ class StopRule:
         if (
             ahead is not None
             and ahead - lap <= s.min_stint_laps
-            and self.fixed[ahead].reason == "repairs"
+            and self.fixed[ahead].reason not in (None, "retired")
         ):
-            # Out of fuel just short of the repair stop: the repair is done now.
+            # Out of fuel just short of a repair or unscheduled stop: it is made now.
             repair = self.fixed[ahead]
             p.skip_fixed = ahead
             stop = Stop(
@@ -139,6 +141,7 @@ class StopRule:
                 lane_ms=repair.lane_ms,
                 extra_ms=repair.extra_ms,
                 reason=repair.reason,
+                force_change=repair.force_change,
             )
             return self._begin(p, stop, lap)
         service, lane, _, _ = self._draws(p.n_stops)
@@ -166,6 +169,8 @@ class StopRule:
         nxt = (p.driver + 1) % n
         if p.n_stops + 1 >= n and stay < self.settings.double_stint_p:
             nxt = p.driver
+        if stop.force_change:
+            nxt = (p.driver + 1) % n
         stop.driver = nxt
         stop.change = nxt != p.driver
         stop.change_ms = change_ms

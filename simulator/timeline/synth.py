@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from msgspec.structs import replace
@@ -30,14 +31,19 @@ from chequered.contract.events import (
     Flag,
     FlagState,
     Lap,
+    MessageCategory,
+    MessageProvenance,
     PitIn,
     PitOut,
+    RaceControl,
     Retire,
     Sector,
 )
 from simulator.recording.format import ClassificationRow, Recording
 from simulator.timeline.assemble import assemble, session_closed, session_opened
 from simulator.timeline.cautions import CautionSettings, Neutral, Schedule, place_yellows
+from simulator.timeline.incidents import CO_DRIVER, Incident, Reading
+from simulator.timeline.incidents import read as read_notes
 from simulator.timeline.pace import FLOOR, CarPace, PaceSettings, draw_pace, reference_laps
 from simulator.timeline.pitstops import PitSettings, Stop, StopRule, window_laps
 from simulator.timeline.trajectory import (
@@ -102,6 +108,14 @@ class SynthSettings:
         default_factory=lambda: {"laguna seca": (0.379, 0.387, 0.234)}
     )
     """Time share of each sector by circuit (name contains the key), when known."""
+    damage_laps: tuple[int, int] = (6, 12)
+    """A car damaged in a crash the notes tell of laps slower for this many laps, uniform ..."""
+    damage_loss: tuple[float, float] = (0.03, 0.06)
+    """... by this share of its reference lap at first, fading to nothing."""
+    unscheduled_at: tuple[float, float] = (0.35, 0.75)
+    """Where in a car's race an unscheduled stop the notes tell of falls (share of its laps)."""
+    crash_before: tuple[float, float] = (0.25, 0.75)
+    """A car out in a crash the notes time crossed the line this share of a lap before it."""
 
 
 @dataclass
@@ -132,6 +146,10 @@ class Car:
     progress: Progress | None = None
     m_history: list[float] = field(default_factory=list)
     retire_ms: float = 0.0
+    crash: Incident | None = None
+    """The crash the notes say put the car out, if any."""
+    crash_ms: float = 0.0
+    """When it happened: the car stops there, and the yellow starts."""
 
     @property
     def pace(self) -> CarPace:
@@ -148,6 +166,8 @@ class Synthesis:
     chequered_ms: float
     schedule: Schedule
     cars: dict[str, Car]
+    notes: Reading = field(default_factory=Reading)
+    """The recording's notes as read: incidents honoured, told, unused."""
 
 
 def _rng(seed: int, race: str, *parts: object) -> random.Random:
@@ -387,7 +407,7 @@ def _add_time(
     # solved afterwards takes up what the yellows make of it.
     early = car.target.tau - _est(car, schedule, m, p, bunch)
     stop.extra_ms += max(0.0, early)
-    stop.reason = "repairs"
+    stop.reason = stop.reason or "repairs"
     return True
 
 
@@ -469,8 +489,9 @@ def synthesise(
         if car is not layout.winner:
             _run(car, layout.schedule, settings, tol, bunch=True)
     _retire_times(layout, seed, race)
+    notes = read_notes(recording)
     events = _events(
-        recording, race, layout.cars, layout.schedule, layout.chequered, seed, settings
+        recording, race, layout.cars, layout.schedule, layout.chequered, seed, settings, notes
     )
     return Synthesis(
         events=events,
@@ -478,11 +499,12 @@ def synthesise(
         chequered_ms=layout.chequered,
         schedule=layout.schedule,
         cars=layout.cars,
+        notes=notes,
     )
 
 
 def _make_cars(
-    recording: Recording, race: str, seed: int, settings: SynthSettings
+    recording: Recording, race: str, seed: int, settings: SynthSettings, notes: Reading
 ) -> dict[str, Car]:
     all_targets = targets(recording)
     if not all_targets:
@@ -493,10 +515,16 @@ def _make_cars(
     slot = {n: i for i, n in enumerate(grid)}
     qual_driver = {q.number: q.driver for q in recording.qualifying if q.driver}
     pole = min((refs[t.number] for t in all_targets if t.number in refs), default=90_000)
+    unscheduled = {i.car: i for i in notes.of("unscheduled_stop")}
+    damaged = {i.car for i in notes.of("damage")}
     cars: dict[str, Car] = {}
     for t in all_targets:
         entry = recording.entry(t.number)
         drivers = [d.name for d in entry.drivers] if entry and entry.drivers else [f"#{t.number}"]
+        stop_note = unscheduled.get(t.number)
+        if stop_note is not None and stop_note.driver_change and len(drivers) == 1:
+            # The note says the driver changed; the recording names one driver.
+            drivers.append(CO_DRIVER.format(car=t.number))
         fastest = 0
         if qual_driver.get(t.number) in drivers:
             fastest = drivers.index(qual_driver[t.number])
@@ -510,6 +538,8 @@ def _make_cars(
             _rng(seed, race, t.number, "pace"),
             settings.pace,
         )
+        if t.number in damaged and t.laps > 2:
+            pace = _damaged(pace, t.laps, _rng(seed, race, t.number, "damage"), settings)
         car_seed = f"{seed}:{race}:{t.number}"
         rule = StopRule(
             laps=t.laps if t.finisher else t.laps + 1,
@@ -527,8 +557,42 @@ def _make_cars(
             catch_factor=settings.cautions.catch_factor,
             sector_marks=marks,
         )
+        if stop_note is not None and t.laps >= 4:
+            _unscheduled_stop(
+                plan, t, stop_note, _rng(seed, race, t.number, "unscheduled"), settings
+            )
         cars[t.number] = Car(target=t, drivers=drivers, plan=plan)
     return cars
+
+
+def _damaged(pace: CarPace, laps: int, rng: random.Random, settings: SynthSettings) -> CarPace:
+    """The pace of a car damaged on the opening lap: slower laps from lap 2, fading out."""
+    n = min(rng.randint(*settings.damage_laps), laps - 1)
+    loss = rng.uniform(*settings.damage_loss)
+    noise = list(pace.noise)
+    for k in range(n):
+        lap = 2 + k
+        if lap < len(noise):
+            noise[lap] += loss * (1.0 - k / n)
+    return dataclasses.replace(pace, noise=tuple(noise))
+
+
+def _unscheduled_stop(
+    plan: CarPlan, t: Target, note: Incident, rng: random.Random, settings: SynthSettings
+) -> None:
+    """The unscheduled stop a note tells of, on a lap of the car's race drawn at random."""
+    lo = max(2, int(t.laps * settings.unscheduled_at[0]))
+    hi = max(lo, min(t.laps - 2, int(t.laps * settings.unscheduled_at[1])))
+    lap = rng.randint(lo, hi)
+    pits = settings.pits
+    cause = f"unscheduled: {note.cause}" if note.cause else "unscheduled"
+    plan.rule.fixed[lap] = Stop(
+        lap=lap,
+        service_ms=rng.uniform(*pits.stationary_s) * 1000,
+        lane_ms=rng.uniform(*pits.lane_s) * 1000,
+        reason=cause,
+        force_change=note.driver_change,
+    )
 
 
 def _layout(
@@ -545,7 +609,8 @@ def _layout(
     ``only``, the pace of the other cars (but the winner) is left unsolved.
     """
     facts = recording.facts
-    cars = _make_cars(recording, race, seed, settings)
+    notes = read_notes(recording)
+    cars = _make_cars(recording, race, seed, settings, notes)
     finishers = [c for c in cars.values() if c.target.finisher]
     if not finishers:
         raise SynthesisError(f"{race}: no car was running at the finish")
@@ -567,7 +632,17 @@ def _layout(
         begin = p.t
         end = begin + stop_.duration_s * 1000
         if stop_.kind == "red_flag":
-            fixed.append(Neutral("red", begin, end, bunch=False, reason=stop_.reason))
+            fixed.append(
+                Neutral(
+                    "red",
+                    begin,
+                    end,
+                    bunch=False,
+                    reason=stop_.reason,
+                    cars=_out_at(cars, stop_.lap) if stop_.lap == 0 else (),
+                    provenance=stop_.provenance,
+                )
+            )
             fixed.append(
                 Neutral(
                     "fcy",
@@ -575,11 +650,14 @@ def _layout(
                     end + cs.restart_laps * fcy_ms,
                     bunch=False,
                     reason="restart behind the safety car",
+                    provenance=stop_.provenance,
                 )
             )
             red_total += stop_.duration_s * 1000
         else:
-            fixed.append(Neutral("fcy", begin, end, reason=stop_.reason))
+            fixed.append(
+                Neutral("fcy", begin, end, reason=stop_.reason, provenance=stop_.provenance)
+            )
     schedule = Schedule(periods=fixed, fcy_ms=fcy_ms, settings=cs)
     t_fixed = _est(winner, schedule, m_w)
 
@@ -595,6 +673,12 @@ def _layout(
             racing = t_fixed - _red_span(fixed)
             end_ms = min(scheduled + red_total, t_fixed + settings.natural_yellow_share * racing)
         tau_w = end_ms + wrng.uniform(*settings.winner_overrun) * FLOOR * ref_w
+        if _crash_yellows(notes, cars, fixed, end_ms, _rng(seed, race, "crashes"), cs):
+            schedule = Schedule(
+                periods=sorted(fixed, key=lambda p: p.start), fcy_ms=fcy_ms, settings=cs
+            )
+            fixed = list(schedule.periods)
+            t_fixed = _est(winner, schedule, m_w)
         yellow = (tau_w - t_fixed) / loss_per_ms
     else:
         yellow = settings.natural_yellow_share * t_fixed / (1 - settings.natural_yellow_share)
@@ -680,8 +764,15 @@ def _layout(
         latest[car.target.number] = (
             chequered - settings.retire_margin_laps * car.pace.reference_ms * 1.1
         )
+        if car.crash is not None:
+            # Out in the crash the notes time: its last crossing comes just before it.
+            car.retire_in_pits = False
+            before = rrng.uniform(*settings.crash_before) * car.pace.reference_ms
+            latest[car.target.number] = min(latest[car.target.number], car.crash_ms - before)
         natural[car.target.number] = _est(car, schedule, m)
         car.target.tau = min(natural[car.target.number], latest[car.target.number])
+        if car.crash is not None:
+            car.target.tau = latest[car.target.number]
         car.target.m_guess = m
     # Cars out on the same lap keep their recorded order: each after the one above.
     by_laps: dict[int, list[Car]] = {}
@@ -712,6 +803,75 @@ def _layout(
         chequered=chequered,
         winner_pace=m_w,
     )
+
+
+def _out_at(cars: dict[str, Car], lap: int) -> tuple[str, ...]:
+    """The cars the result has out on ``lap`` (laps completed), in its order."""
+    return tuple(
+        c.target.number for c in cars.values() if not c.target.finisher and c.target.laps == lap
+    )
+
+
+def _crash_yellows(
+    notes: Reading,
+    cars: dict[str, Car],
+    fixed: list[Neutral],
+    end_ms: float,
+    rng: random.Random,
+    cs: CautionSettings,
+) -> bool:
+    """Add to ``fixed`` the yellow of each crash the notes time ("with 19 minutes left").
+
+    The car stops there; the yellow starts as it does. A crash that would fall
+    inside another neutralisation, or outside the race, is left out (the note
+    is then told by nothing but its retirement). Returns whether one was added.
+    """
+    added = False
+    for incident in notes.of("crash"):
+        car = cars.get(incident.car)
+        if car is None or car.target.finisher or incident.minutes_left is None:
+            continue
+        start_ms = end_ms - incident.minutes_left * 60_000
+        if start_ms <= 0 or start_ms >= end_ms:
+            continue
+        length = rng.uniform(*cs.incident_yellow_s) * 1000
+        end = max(
+            start_ms + 60_000, min(start_ms + length, end_ms - cs.incident_green_after_s * 1000)
+        )
+        if any(p.start - 60_000 < end and start_ms < p.end + 60_000 for p in fixed):
+            continue
+        fixed.append(
+            Neutral(
+                "fcy",
+                start_ms,
+                end,
+                reason=_crash_reason(incident),
+                cars=(incident.car,),
+                provenance=incident.provenance,
+            )
+        )
+        car.crash = incident
+        car.crash_ms = start_ms
+        added = True
+    return added
+
+
+def _crash_reason(incident: Incident, *, short: bool = False) -> str:
+    """The note's words without the time: "The #02 ... car hit the chicane tyre barrier";
+    ``short``: from the verb on ("hit the chicane tyre barrier")."""
+    text = re.sub(
+        r"\s*,?\s*with \d+(?:\.\d+)? minutes? (?:left|to go|remaining)", "", incident.text
+    )
+    text = text.strip().rstrip(".")
+    if short:
+        # "The #02 Extreme Speed Motorsports car hit ...": what follows "car" (or
+        # the car's number) from the first word in lower case on.
+        after = re.split(rf"#{re.escape(incident.car)}\b", text, maxsplit=1)[-1]
+        after = re.split(r"\b(?:car|entry)\b", after, maxsplit=1)[-1]
+        m = re.search(r"\b[a-z].*$", after)
+        if m:
+            text = m.group(0)
+    return text
 
 
 def _yellow_room(
@@ -746,6 +906,8 @@ def _retire_times(layout: _Layout, seed: int, race: str) -> None:
         if car.target.finisher or car.progress is None:
             continue
         when = car.progress.t
+        if car.crash is not None:
+            when = max(when, car.crash_ms)
         if car.retire_in_pits:
             when += _rng(seed, race, car.target.number, "garage-time").uniform(30_000, 240_000)
             when = min(when, layout.chequered - 1000.0)
@@ -779,7 +941,14 @@ def _prepare(
         m_g = grng.uniform(*settings.garage_pace)
         repair = _repair_stop(car, schedule, m_g, grng, settings.pits)
         _add_time(car, schedule, start(car.plan), m_g, settings.pits, repair)
-        m0, late = _solve(car, schedule, start(car.plan), tol, m_g, early=EARLY_MS)
+        for _ in range(4):
+            m0, late = _solve(car, schedule, start(car.plan), tol, m_g, early=EARLY_MS)
+            if late <= tol or repair.extra_ms <= 0:
+                break
+            # Too long a repair: the pace jumped (a stop now under a yellow, or not)
+            # and even the floor brings the car late. Stand that much less, and a
+            # second more, so that the car is early rather than late.
+            repair.extra_ms = max(0.0, repair.extra_ms - late - 1000.0)
     car.m_history.append(m0)
     if t.finisher:
         car.d_stop = float(t.laps)
@@ -789,6 +958,10 @@ def _prepare(
             lap=lap, service_ms=3_600_000.0, lane_ms=24_000.0, reason="retired"
         )
         car.d_stop = lap - LANE_IN + 1e-6
+    elif car.crash is not None:
+        # Partway round the next lap when the crash comes: short of it, at green pace.
+        lap_ms = m0 * car.pace.reference_ms * (1 + car.pace.base)
+        car.d_stop = t.laps + min(0.9, max(0.02, 0.6 * (car.crash_ms - t.tau) / lap_ms))
     else:
         car.d_stop = t.laps + _rng(seed, race, t.number, "where").uniform(0.1, 0.9)
 
@@ -854,10 +1027,20 @@ def _run(
         if p.d >= car.d_stop or car.target.laps == 0 or p.laps >= car.target.laps:
             continue
         m, _ = _solve(car, schedule, p, tol, walk.m, bunch)
-        if m > settings.pace_cap and _add_time(
-            car, schedule, p, settings.pace_cap, settings.pits, None, bunch
-        ):
-            m, _ = _solve(car, schedule, p, tol, settings.pace_cap, bunch)
+        if m > settings.pace_cap:
+            fixed = car.plan.rule.fixed
+            saved = {lap: (stop, stop.extra_ms, stop.reason) for lap, stop in fixed.items()}
+            if _add_time(car, schedule, p, settings.pace_cap, settings.pits, None, bunch):
+                m_stop, late = _solve(car, schedule, p, tol, settings.pace_cap, bunch)
+                if late <= tol:
+                    m = m_stop
+                else:
+                    # A stop costs more than the car has to lose this late in the race
+                    # (a late yellow closed the field up): it laps slower instead.
+                    fixed.clear()
+                    for lap, (stop, extra_ms, reason) in saved.items():
+                        stop.extra_ms, stop.reason = extra_ms, reason
+                        fixed[lap] = stop
         walk.m = m
         car.m_history.append(m)
     if p.d < car.d_stop:
@@ -886,7 +1069,7 @@ def _repair_stop(
             service_ms=rng.uniform(*pits.stationary_s) * 1000,
             lane_ms=rng.uniform(*pits.lane_s) * 1000,
         )
-    stop.reason = "repairs"
+    stop.reason = stop.reason or "repairs"
     car.plan.rule.fixed[stop.lap] = stop
     return stop
 
@@ -918,23 +1101,45 @@ def _events(
     chequered: float,
     seed: int,
     settings: SynthSettings,
+    notes: Reading,
 ) -> list[Event]:
     lines = recording.facts.timing_lines
     drafts: list[Event] = []
+    story = _Story.of(recording, race, cars, notes)
+    say = story.say
     drafts.append(Flag(race=race, seq=1, t_ms=0, flag="green", reason="start"))
+    drafts.append(say(0, "flag", "Green flag: the race is started", (), story.result_provenance))
     for period in schedule.periods:
         start, end = round(period.start), round(period.end)
         drafts.append(Flag(race=race, seq=1, t_ms=start, flag=period.kind, reason=period.reason))
+        drafts.append(story.flag_message(period, start))
         following = [p for p in schedule.periods if p.start == period.end]
         if not following:
             drafts.append(Flag(race=race, seq=1, t_ms=end, flag="green", reason="restart"))
+            drafts.append(say(end, "flag", "Green flag: racing resumes", (), period.provenance))
     drafts.append(Flag(race=race, seq=1, t_ms=round(chequered), flag="chequered"))
+    winner = story.winner
+    drafts.append(
+        say(
+            round(chequered),
+            "flag",
+            f"Chequered flag: #{winner} wins" if winner else "Chequered flag",
+            (winner,) if winner else (),
+            story.result_provenance,
+        )
+    )
     last = round(chequered)
     for car in cars.values():
-        car_events = _car_events(car, race, lines, schedule, chequered, seed, settings)
+        car_events = _car_events(car, race, lines, schedule, chequered, seed, settings, story)
         if car_events:
             last = max(last, max(e.t_ms for e in car_events))
         drafts.extend(car_events)
+    drafts.extend(story.incident_messages(cars))
+    for told in notes.told:
+        drafts.append(
+            say(0 if told.when == "before" else last, told.category, told.text, told.cars,
+                told.provenance)
+        )  # fmt: skip
     drafts.insert(0, session_opened(recording, race=race))
     closed = session_closed(recording, race=race, t_ms=last)
     laps_of = {c.target.number: c.target.laps for c in cars.values()}
@@ -954,6 +1159,7 @@ def _car_events(
     chequered: float,
     seed: int,
     settings: SynthSettings,
+    story: _Story,
 ) -> list[Event]:
     number = car.target.number
     rng = _rng(seed, race, number, "sectors")
@@ -982,6 +1188,7 @@ def _car_events(
     last_mark = 0
     sectors: list[int | None] = []
     pit_in_ms = 0
+    at_wheel = car.drivers[car.plan.first_driver]
     for (kind, _, lap, extra, driver), t in zip(rec, times, strict=True):
         t_ms = round(t)
         if kind == SECTOR:
@@ -1039,13 +1246,17 @@ def _car_events(
                     driver_change=stop.change,
                 )
             )
+            out.extend(story.stop_messages(car, stop, pit_in_ms, t_ms, at_wheel))
+            at_wheel = car.drivers[stop.driver]
     t_end = car.progress.t if car.progress is not None else 0.0
     if car.target.finisher:
         out.append(Finish(race=race, seq=1, t_ms=round(t_end), car=number, lap=car.target.laps))
     else:
         reason = "retired in the pit lane" if car.retire_in_pits else "stopped on track"
         if car.target.laps == 0:
-            reason = "accident on the opening lap"
+            reason = story.opening_crash or "accident on the opening lap"
+        if car.crash is not None:
+            reason = _crash_reason(car.crash, short=True)
         out.append(
             Retire(
                 race=race,
@@ -1056,4 +1267,184 @@ def _car_events(
                 reason=reason,
             )
         )
+        out.append(story.retirement(car, round(car.retire_ms), reason))
     return out
+
+
+_MESSAGE_PROVENANCE: dict[str, MessageProvenance] = {
+    "article": "article",
+    "report": "report",
+    "inferred": "inferred",
+    "timing": "timing",
+}
+
+
+def _provenance(value: str) -> MessageProvenance:
+    """A recording's provenance as a message's: a fact no source gives is ``inferred``."""
+    return _MESSAGE_PROVENANCE.get(value, "inferred")
+
+
+@dataclass
+class _Story:
+    """What the race-control feed says of a synthesised race, and where each fact comes from."""
+
+    race: str
+    notes: Reading
+    winner: str | None
+    result_provenance: MessageProvenance
+    row_provenance: dict[str, MessageProvenance]
+    opening_crash: str | None
+    """Why the red flag on the opening lap came out, when the facts say."""
+    crash_cars: tuple[str, ...]
+    """The cars the opening-lap crash note names."""
+
+    @classmethod
+    def of(cls, recording: Recording, race: str, cars: dict[str, Car], notes: Reading) -> _Story:
+        rows = sorted(recording.classification, key=lambda r: r.position)
+        winner = next((r for r in rows if r.number is not None and r.number in cars), None)
+        opening = next(
+            (
+                i.reason
+                for i in recording.facts.interruptions
+                if i.kind == "red_flag" and i.lap == 0
+            ),
+            None,
+        )
+        crash_cars: tuple[str, ...] = ()
+        for incident in notes.of("start_crash"):
+            crash_cars += (incident.car, *incident.others)
+        return cls(
+            race=race,
+            notes=notes,
+            winner=winner.number if winner is not None else None,
+            result_provenance=_provenance(winner.provenance) if winner else "inferred",
+            row_provenance={
+                r.number: _provenance(r.provenance) for r in rows if r.number is not None
+            },
+            opening_crash=opening,
+            crash_cars=crash_cars,
+        )
+
+    def say(
+        self,
+        t_ms: int,
+        category: MessageCategory,
+        text: str,
+        cars: Iterable[str] = (),
+        provenance: str = "model",
+    ) -> RaceControl:
+        return RaceControl(
+            race=self.race,
+            seq=1,
+            t_ms=t_ms,
+            lap=0,
+            category=category,
+            text=text,
+            cars=list(cars),
+            provenance=_provenance(provenance) if provenance != "model" else "model",
+        )
+
+    def flag_message(self, period: Neutral, t_ms: int) -> RaceControl:
+        """What the feed says as a yellow or a red flag comes out: the flag and its cause."""
+        reason = period.reason or "on track incident"
+        cars = period.cars
+        provenance = period.provenance
+        if period.kind == "red":
+            text = f"Red flag: {reason}"
+            if cars:
+                text += " (" + ", ".join(f"#{c}" for c in cars) + " out)"
+                if set(cars) - set(self.crash_cars):
+                    # Which cars: the result's reading, not a source's word.
+                    provenance = "inferred"
+        elif reason.startswith("restart"):
+            text = "Restart behind the safety car"
+        else:
+            text = f"Full course yellow: {_lower_first(reason)}"
+        return self.say(t_ms, "flag", text, cars, provenance)
+
+    def stop_messages(
+        self, car: Car, stop: Stop, pit_in_ms: int, out_ms: int, at_wheel: str
+    ) -> list[RaceControl]:
+        """An unscheduled stop and its driver change, or a long stop for repairs."""
+        number = car.target.number
+        out: list[RaceControl] = []
+        note = next((i for i in self.notes.of("unscheduled_stop") if i.car == number), None)
+        if stop.reason is not None and stop.reason.startswith("unscheduled") and note:
+            cause = f": {note.cause}" if note.cause else ""
+            out.append(
+                self.say(pit_in_ms, "pit", f"#{number} in the pits, unscheduled{cause}",
+                         (number,), note.provenance)
+            )  # fmt: skip
+            if stop.change:
+                out.append(
+                    self.say(out_ms, "pit",
+                             f"#{number} driver change: {at_wheel} hands over to "
+                             f"{car.drivers[stop.driver]}", (number,), note.provenance)
+                )  # fmt: skip
+        elif stop.reason == "repairs" and stop.extra_ms >= 60_000:
+            minutes = round(stop.standing_ms / 60_000)
+            out.append(
+                self.say(pit_in_ms, "pit", f"#{number} into the garage for repairs",
+                         (number,), "model")
+            )  # fmt: skip
+            out.append(
+                self.say(out_ms, "pit",
+                         f"#{number} back out after {minutes} min in the garage", (number,),
+                         "model")
+            )  # fmt: skip
+        return out
+
+    def retirement(self, car: Car, t_ms: int, reason: str) -> RaceControl:
+        number = car.target.number
+        provenance: str = self.row_provenance.get(number, "inferred")
+        if car.crash is not None:
+            provenance = car.crash.provenance
+            text = f"#{number} out after {car.target.laps} laps: {reason}"
+        elif car.target.laps == 0:
+            provenance = "report" if number in self.crash_cars else "inferred"
+            text = f"#{number} out: {reason}"
+            if "opening lap" not in reason:
+                text += " on the opening lap"
+        else:
+            # The lap is the result's; where and why the car stopped, the model's.
+            text = f"#{number} retires after {car.target.laps} laps ({reason}; cause not reported)"
+        return self.say(t_ms, "retirement", text, (number,), provenance)
+
+    def incident_messages(self, cars: dict[str, Car]) -> list[RaceControl]:
+        """The opening-lap crash and the cars it caught; a crash the notes time."""
+        out: list[RaceControl] = []
+        lap0 = [c for c in cars.values() if not c.target.finisher and c.target.laps == 0]
+        t0 = min((round(c.retire_ms) for c in lap0), default=None)
+        for incident in self.notes.of("start_crash"):
+            if t0 is None:
+                break
+            what = self.opening_crash or "crash on the opening lap"
+            named = ", ".join(f"#{c}" for c in (incident.car, *incident.others))
+            out.append(
+                self.say(max(0, t0 - 2), "incident", f"{what[:1].upper()}{what[1:]}: {named} out",
+                         (incident.car, *incident.others), incident.provenance)
+            )  # fmt: skip
+        caught = [*self.notes.of("ran_on"), *self.notes.of("damage")]
+        for incident in caught:
+            if t0 is None or incident.car not in cars:
+                continue
+            text = (
+                f"#{incident.car} damaged in the opening-lap crash, runs on"
+                if incident.kind == "damage"
+                else f"#{incident.car} caught up in the opening-lap crash, runs on"
+            )
+            out.append(
+                self.say(max(0, t0 - 1), "incident", text, (incident.car,), incident.provenance)
+            )
+        for car in cars.values():
+            if car.crash is not None:
+                out.append(
+                    # Just before the yellow it brings out: the story in its order.
+                    self.say(round(car.crash_ms) - 1, "incident", _crash_reason(car.crash),
+                             (car.target.number,), car.crash.provenance)
+                )  # fmt: skip
+        return out
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:] if text[:4] == "The " else text

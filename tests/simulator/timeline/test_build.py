@@ -162,8 +162,13 @@ def check_result(events: list[Event], rec: Recording) -> None:
 
 
 def crews(rec: Recording) -> dict[str, list[str]]:
-    """Each car's drivers; a car whose entry names none is driven by "#<number>"."""
-    return {e.number: [d.name for d in e.drivers] or [f"#{e.number}"] for e in rec.entries}
+    """Each car's drivers; a car whose entry names none is driven by "#<number>", and one
+    whose note tells of a driver change with one driver named has an unnamed co-driver."""
+    out = {e.number: [d.name for d in e.drivers] or [f"#{e.number}"] for e in rec.entries}
+    for note in rec.notes:
+        if "driver change" in note.text and note.cars and len(out[note.cars[0]]) == 1:
+            out[note.cars[0]].append(f"#{note.cars[0]} co-driver")
+    return out
 
 
 def flag_at(events: list[Event]) -> dict[int, str]:
