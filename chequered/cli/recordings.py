@@ -8,17 +8,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from chequered import log
 from chequered.cli.files import refuse_overwrite
 from chequered.cli.main import UserError
-from simulator.importers.article import ImportResult, Problem, import_article
+from simulator.importers.article import (
+    MAX_INPUT_BYTES,
+    NO_RACE_RESULT,
+    UNKNOWN_SERIES,
+    ImportResult,
+    Problem,
+    import_article,
+)
 from simulator.recording import io as recording_io
 from simulator.recording.format import Recording, SessionKind, json_schema
 
 SCHEMA_PATH = Path("docs") / "schema" / "recording.schema.json"
+
+_log = log.get(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,10 +98,25 @@ def output_paths(output: str, session: str) -> dict[SessionKind, Path]:
 
 
 def _read_text(path: str) -> str:
+    """The text of an input file, refused unread when larger than ``MAX_INPUT_BYTES``."""
+    limit = MAX_INPUT_BYTES
     try:
-        return Path(path).read_text(encoding="utf-8-sig")
+        with Path(path).open("rb") as f:
+            # Checked before reading, and the read itself is bounded: a pipe or a
+            # device reports no size.
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(limit + 1) if size <= limit else b""
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror}") from exc
+    if size > limit or len(data) > limit:
+        _log.info("import_input_too_large", path=path, bytes=max(size, len(data)), limit=limit)
+        shown = f"{size} bytes" if size > limit else f"more than {limit} bytes"
+        raise UserError(
+            f"{path}: {shown} is too large for an input ({limit} bytes at most, "
+            "simulator.importers.article.MAX_INPUT_BYTES); is this the right file?"
+        )
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
 
@@ -129,7 +155,11 @@ def run_import(args: argparse.Namespace) -> int:
             problems = [
                 (s, p)
                 for s, p in problems
-                if not (p.severity == "error" and "garbled" in p.message)
+                if not (
+                    p.severity == "error"
+                    and p.session == "race"
+                    and ("garbled" in p.message or p.message.startswith(NO_RACE_RESULT))
+                )
             ]
             problems.append(
                 (
@@ -145,6 +175,8 @@ def run_import(args: argparse.Namespace) -> int:
         length = result.race.facts.length
         if length.duration_s or length.laps:
             problems = [(s, p) for s, p in problems if "states no race length" not in p.message]
+        if result.race.facts.series != UNKNOWN_SERIES:
+            problems = [(s, p) for s, p in problems if "names no series" not in p.message]
         if result.qualifying is not None and merged.qualifying_notes:
             result.qualifying.notes.extend(merged.qualifying_notes)
     return _write_import(result, paths, problems, partial=args.partial)

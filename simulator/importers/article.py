@@ -32,6 +32,19 @@ from simulator.recording.format import (
 
 KM_PER_MILE = 1.609344
 
+MAX_INPUT_BYTES = 4 * 1024 * 1024
+"""Largest article (or facts, or merge CSV) ``chequered import`` reads; a larger file is
+refused before it is read. Encyclopedia articles are 5 to 60 KB (Monterey 2013: 10 KB)."""
+MAX_SENTENCE_CHARS = 2000
+"""A sentence longer than this is not read for race facts (with a warning). The
+longest of the sample articles has 350 characters; a fact-bearing sentence is short."""
+MAX_SERIES_WORDS = 12
+"""Words a series name may have (``IMSA WeatherTech SportsCar Championship``: 4)."""
+UNKNOWN_SERIES = "unknown series"
+"""The series of a recording whose article names none."""
+NO_RACE_RESULT = "no race result"
+"""How the problem of a race import that found no classification begins."""
+
 Severity = Literal["error", "warning"]
 
 
@@ -244,8 +257,10 @@ def column_key(header: str) -> str | None:
 
 # -- small value parsers ------------------------------------------------------
 
-_TIME_RE = re.compile(r"^\+?\s*(?:(\d+):)?(?:(\d+):)?(\d+(?:\.\d+)?)$")
-_LAPS_GAP_RE = re.compile(r"^\+?\s*(\d+)\s+laps?$", re.IGNORECASE)
+# Bounded digit runs: a cell of a million digits is no time, and must not cost
+# a million-digit float.
+_TIME_RE = re.compile(r"^\+?\s*(?:(\d{1,3}):)?(?:(\d{1,3}):)?(\d{1,6}(?:\.\d{1,6})?)$")
+_LAPS_GAP_RE = re.compile(r"^\+?\s*(\d{1,6})\s+laps?$", re.IGNORECASE)
 
 
 def parse_time_ms(text: str) -> int | None:
@@ -261,7 +276,8 @@ def parse_time_ms(text: str) -> int | None:
 
 def parse_int(text: str) -> int | None:
     text = text.strip()
-    return int(text) if text.isdigit() else None
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int), and few of them.
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
 
 
 def _is_dash(text: str) -> bool:
@@ -382,6 +398,8 @@ class Record:
     cells: list[str]
     extra_line: int | None = None
     extra: list[str] = field(default_factory=list)
+    closed: bool = True
+    """The line ends with ``|`` (a row cut off mid-cell does not)."""
 
 
 @dataclass
@@ -397,6 +415,8 @@ class Table:
     header: list[str]
     records: list[Record]
     notes: list[tuple[int, str]]
+    header_closed: bool = True
+    """The header line ends with ``|``: then every row of the table should."""
 
     def has(self, key: str) -> bool:
         return key in self.columns or key in self.extra_columns
@@ -427,8 +447,22 @@ def _is_rule(cells: list[str]) -> bool:
 
 
 def _heading(line: str) -> str | None:
-    m = re.match(r"^\s*(=+)\s*(.*?)\s*\1\s*$", line)
-    return m.group(2) if m else None
+    """``== Race ==`` -> ``Race``; None for a line that is not a heading.
+
+    Without a regular expression: a backreference over a line of ``=`` takes
+    time cubic in its length.
+    """
+    body = line.strip()
+    if not body.startswith("="):
+        return None
+    lead = len(body) - len(body.lstrip("="))
+    trail = len(body) - len(body.rstrip("="))
+    if lead == len(body):
+        return ""
+    level = min(lead, trail)
+    if level == 0:
+        return None
+    return body[level : len(body) - level].strip(" =\t")
 
 
 def _is_header_row(cells: list[str]) -> bool:
@@ -468,15 +502,22 @@ def find_tables(lines: list[str]) -> list[Table]:
             continue
         start = i
         block: list[tuple[int, list[str]]] = []
+        unclosed: set[int] = set()
         while i < len(lines) and lines[i].lstrip().startswith("|"):
             cells = _cells(lines[i])
             if not _is_rule(cells):
                 block.append((i + 1, cells))
+                if not lines[i].rstrip().endswith("|"):
+                    unclosed.add(i + 1)
             i += 1
         if not block:
             continue
         section_tables += 1
-        tables.append(_build_table(block, heading, start + 1, i, section_tables))
+        table = _build_table(block, heading, start + 1, i, section_tables)
+        table.header_closed = block[0][0] not in unclosed
+        for rec in table.records:
+            rec.closed = rec.line not in unclosed
+        tables.append(table)
     return tables
 
 
@@ -556,110 +597,246 @@ class ProseFacts:
 def _word_number(word: str) -> int | None:
     word = word.lower()
     if word.isdigit():
-        return int(word)
+        return parse_int(word)
     return _NUMBER_WORDS.get(word)
 
 
-def read_prose(text: str) -> ProseFacts:
+def prose_sentences(text: str) -> list[tuple[int, str]]:
+    """The sentences of the prose, each with the line it starts on.
+
+    Table rows and headings are no prose. Lines of a paragraph are joined and
+    cut after ``.``, ``!`` or ``?`` followed by a space. Linear in the text: a
+    fact is then looked for in one sentence at a time, and every pattern below
+    only looks a bounded distance ahead, so no line can make the scan slow.
+    """
+    out: list[tuple[int, str]] = []
+    paragraph: list[tuple[int, str]] = []
+
+    def flush() -> None:
+        if not paragraph:
+            return
+        first = paragraph[0][0]
+        starts: list[tuple[int, int]] = []  # (offset in the joined text, line)
+        pieces: list[str] = []
+        offset = 0
+        for number, piece in paragraph:
+            starts.append((offset, number))
+            pieces.append(piece)
+            offset += len(piece) + 1
+        flat = " ".join(pieces)
+        begin = 0
+        k = 0
+        for m in _SENTENCE_END.finditer(flat):
+            while k + 1 < len(starts) and starts[k + 1][0] <= begin:
+                k += 1
+            out.append((starts[k][1] if starts else first, flat[begin : m.start()]))
+            begin = m.end()
+        while k + 1 < len(starts) and starts[k + 1][0] <= begin:
+            k += 1
+        if begin < len(flat):
+            out.append((starts[k][1], flat[begin:]))
+        paragraph.clear()
+
+    for number, line in enumerate(text.splitlines(), start=1):
+        body = " ".join(line.split())
+        if not body or body.startswith("|") or _heading(line) is not None:
+            flush()
+            continue
+        paragraph.append((number, body))
+    flush()
+    return out
+
+
+# A sentence ends at ., ! or ? before a space: "2.238 mi" and "No.7" stay whole.
+_SENTENCE_END = re.compile(r"(?<=[.!?]) +")
+
+
+def read_prose(text: str, problems: list[Problem] | None = None) -> ProseFacts:
+    """Race facts from the sentences that state them; long sentences are skipped."""
     facts = ProseFacts()
-    m = re.search(r"^\s*=\s*(.+?)\s*=\s*$", text, re.MULTILINE)
-    if m:
-        facts.title = m.group(1)
-    flat = " ".join(text.split())
-    m = re.search(r"(\w+) round of the (\d{4}) (.+?)(?: season)?[.,;]", flat)
-    if m:
-        facts.round = _ORDINAL_WORDS.get(m.group(1).lower())
-        facts.season = int(m.group(2))
-        facts.series = m.group(3)
-    else:
-        m = re.search(r"\bround (\d+) of the (\d{4}) (.+?)(?: season)?[.,;]", flat, re.IGNORECASE)
-        if m:
-            facts.round, facts.season, facts.series = int(m.group(1)), int(m.group(2)), m.group(3)
+    for row in text.splitlines():
+        title = _heading(row)
+        if title is not None:
+            facts.title = title or None
+            break
+    sentences: list[str] = []
+    for line, sentence in prose_sentences(text):
+        if len(sentence) > MAX_SENTENCE_CHARS:
+            if problems is not None:
+                problems.append(
+                    Problem(
+                        line,
+                        f"a sentence of {len(sentence)} characters (more than "
+                        f"{MAX_SENTENCE_CHARS}) is not read for race facts",
+                        "warning",
+                    )
+                )
+            continue
+        sentences.append(sentence)
+    for sentence in sentences:
+        if _read_round(sentence, facts):
+            break
     if facts.round is None:
-        m = re.search(r"\bthe (\w+) of \w+ scheduled", flat)
-        if m:
-            facts.round = _ORDINAL_WORDS.get(m.group(1).lower())
-    facts.date = _race_date(flat)
+        for sentence in sentences:
+            m = re.search(r"\bthe (\w{1,20}) of \w{1,20} scheduled", sentence)
+            if m:
+                facts.round = _ORDINAL_WORDS.get(m.group(1).lower())
+                break
+    facts.date = _race_date(sentences)
     if facts.season is None and facts.date:
         facts.season = int(facts.date[:4])
-    _read_circuit(flat, facts)
-    _read_length(flat, facts)
+    for sentence in sentences:
+        _read_circuit(sentence, facts)
+    for sentence in sentences:
+        if facts.circuit is not None:
+            break
+        m = re.search(r"held at (?:the )?([A-Z]" + _CIRCUIT_NAME + r")(?:,| in | near )", sentence)
+        if m:
+            facts.circuit = m.group(1).strip()
+    for sentence in sentences:
+        if _read_length(sentence, facts):
+            break
     return facts
 
 
-def _race_date(flat: str) -> str | None:
+# Lower-case words a series name may hold between its capitalised words
+# ("Campeonato de Turismo", "Championnat du Monde").
+_NAME_LINKS = {"de", "du", "des", "di", "del", "della", "of", "the", "and", "la", "le", "et"}
+
+
+def series_name(words: str) -> str | None:
+    """The series named at the start of ``words``: capitalised words (or ones with a
+    capital or a digit in them: ``WeatherTech``, ``GT3``), lower-case linking words
+    between them. None when the first word is a common word (``the 2013 season``)."""
+    taken: list[str] = []
+    pending: list[str] = []
+    for raw in words.split(" ")[:MAX_SERIES_WORDS]:
+        word = raw.rstrip(".,;:!?)")
+        proper = bool(word) and (word[0].isupper() or (word[0].isdigit() and not word.isdigit()))
+        if proper:
+            taken.extend(pending)
+            pending = []
+            taken.append(word)
+        elif taken and word.lower() in _NAME_LINKS:
+            pending.append(word)
+        else:
+            break
+        if word != raw:
+            break  # punctuation ends the name
+    return " ".join(taken) or None
+
+
+def _read_round(sentence: str, facts: ProseFacts) -> bool:
+    """``third round of the 2013 American Le Mans Series``, ``round 2 of the 2015 ...``,
+    ``the second round of the 2013 season`` (round and season; no series)."""
+    m = re.search(r"\b(\w{1,20}) round of the (\d{4})\b ?", sentence)
+    n: int | None = None
+    if m:
+        n = _ORDINAL_WORDS.get(m.group(1).lower())
+    else:
+        m = re.search(r"\bround (\d{1,3}) of the (\d{4})\b ?", sentence, re.IGNORECASE)
+        if m:
+            n = int(m.group(1))
+    if m is None:
+        return False
+    facts.round = n
+    facts.season = int(m.group(2))
+    rest = sentence[m.end() :]
+    facts.series = series_name(rest)
+    if facts.series is None:
+        # "the second round of the 2013 season of the American Le Mans Series"
+        of = re.match(r"season (?:of|in) the ", rest)
+        if of:
+            facts.series = series_name(rest[of.end() :])
+    return True
+
+
+def _race_date(sentences: list[str]) -> str | None:
     month = "|".join(_MONTHS)
-    singles = re.findall(rf"\b({month}) (\d{{1,2}}), (\d{{4}})", flat, re.IGNORECASE)
-    # Day first, as British articles write it: "15 June 2014".
-    singles += [
-        (mo, d, y)
-        for d, mo, y in re.findall(
-            rf"(?<![\d\u2013-])\b(\d{{1,2}}) ({month}) (\d{{4}})", flat, re.IGNORECASE
-        )
-    ]
+    singles: list[tuple[str, str, str]] = []
+    for flat in sentences:
+        singles += re.findall(rf"\b({month}) (\d{{1,2}}), (\d{{4}})\b", flat, re.IGNORECASE)
+        # Day first, as British articles write it: "15 June 2014".
+        singles += [
+            (mo, d, y)
+            for d, mo, y in re.findall(
+                rf"(?<![\d\u2013-])\b(\d{{1,2}}) ({month}) (\d{{4}})\b", flat, re.IGNORECASE
+            )
+        ]
     if singles:
         dates = sorted(
             f"{int(y):04d}-{_MONTHS[mo.lower()]:02d}-{int(d):02d}" for mo, d, y in singles
         )
         return dates[-1]
-    ranged = re.search(
-        rf"\b({month}) \d{{1,2}}[-\u2013](\d{{1,2}}), (\d{{4}})", flat, re.IGNORECASE
-    )
-    if ranged:
-        mo, d, y = ranged.groups()
-        return f"{int(y):04d}-{_MONTHS[mo.lower()]:02d}-{int(d):02d}"
-    ranged = re.search(rf"\b\d{{1,2}}[-\u2013](\d{{1,2}}) ({month}) (\d{{4}})", flat, re.IGNORECASE)
-    if ranged:
-        d, mo, y = ranged.groups()
-        return f"{int(y):04d}-{_MONTHS[mo.lower()]:02d}-{int(d):02d}"
+    for flat in sentences:
+        ranged = re.search(
+            rf"\b({month}) \d{{1,2}}[-\u2013](\d{{1,2}}), (\d{{4}})\b", flat, re.IGNORECASE
+        )
+        if ranged:
+            mo, d, y = ranged.groups()
+            return f"{int(y):04d}-{_MONTHS[mo.lower()]:02d}-{int(d):02d}"
+        ranged = re.search(
+            rf"\b\d{{1,2}}[-\u2013](\d{{1,2}}) ({month}) (\d{{4}})\b", flat, re.IGNORECASE
+        )
+        if ranged:
+            d, mo, y = ranged.groups()
+            return f"{int(y):04d}-{_MONTHS[mo.lower()]:02d}-{int(d):02d}"
     return None
 
 
+# Every quantifier below is bounded: a pattern looks at most this far ahead
+# from where it starts, so a sentence is scanned in time linear in its length.
+_CIRCUIT_NAME = r"[^,.()]{0,80}?"
+
+
 def _read_circuit(flat: str, facts: ProseFacts) -> None:
-    m = re.search(r"\b([\w-]+?)-turn\b", flat)
-    if m:
-        facts.turns = _word_number(m.group(1))
-    else:
-        m = re.search(r"\b(\d+|\w+) turns\b", flat)
+    if facts.turns is None:
+        m = re.search(r"\b(\w{1,20})-turn\b", flat)
+        if m is None:
+            m = re.search(r"\b(\w{1,20}) turns\b", flat)
         if m:
             facts.turns = _word_number(m.group(1))
-    m = re.search(
-        r"(\d+(?:\.\d+)?)[ -](mi|miles?|km|kilomet(?:er|re)s?)\b\.?,?"
-        r"(?: \(\d+(?:\.\d+)? ?(?:km|mi)\))? ((?:the )?[A-Z][^,.()]*?)(?=,| in | near | on |\.|\()",
-        flat,
-    )
-    if m:
-        value, unit, name = float(m.group(1)), m.group(2), m.group(3).strip()
-        if unit.startswith("mi"):
-            facts.length_mi, facts.length_km = value, round(value * KM_PER_MILE, 3)
-        else:
-            facts.length_km, facts.length_mi = value, round(value / KM_PER_MILE, 3)
-        words = name.split()
-        after = flat[m.end(3) : m.end(3) + 2]
-        # "Baltimore Street Circuit Baltimore, Maryland": the last word is the city.
-        if after.startswith(",") and len(words) >= 3 and words[-2].lower() in _CIRCUIT_WORDS:
-            words = words[:-1]
-        if words and words[0].lower() == "the":
-            words = words[1:]
-        facts.circuit = " ".join(words) or None
-    if facts.circuit is None:
-        m = re.search(r"held at (?:the )?([A-Z][^,.]*?)(?:,| in | near )", flat)
+    if facts.length_km is None:
+        m = re.search(
+            r"(?<![\d.])(\d{1,4}(?:\.\d{1,4})?)[ -](mi|miles?|km|kilomet(?:er|re)s?)\b\.?,?"
+            r"(?: \(\d{1,4}(?:\.\d{1,4})? ?(?:km|mi)\))? ((?:the )?[A-Z]"
+            + _CIRCUIT_NAME
+            + r")(?=,| in | near | on |\.|\(|$)",
+            flat,
+        )
         if m:
-            facts.circuit = m.group(1).strip()
+            value, unit, name = float(m.group(1)), m.group(2), m.group(3).strip()
+            if unit.startswith("mi"):
+                facts.length_mi, facts.length_km = value, round(value * KM_PER_MILE, 3)
+            else:
+                facts.length_km, facts.length_mi = value, round(value / KM_PER_MILE, 3)
+            words = name.split()
+            after = flat[m.end(3) : m.end(3) + 2]
+            # "Baltimore Street Circuit Baltimore, Maryland": the last word is the city.
+            if after.startswith(",") and len(words) >= 3 and words[-2].lower() in _CIRCUIT_WORDS:
+                words = words[:-1]
+            if words and words[0].lower() == "the":
+                words = words[1:]
+            if words and facts.circuit is None:
+                facts.circuit = " ".join(words)
 
 
-def _read_length(flat: str, facts: ProseFacts) -> None:
+def _read_length(flat: str, facts: ProseFacts) -> bool:
     hm = re.search(
-        r"\b(\d+)[- ]hours?,? (?:and )?(\d+)[- ]minutes? (?:race|event)", flat, re.IGNORECASE
+        r"\b(\d{1,2})[- ]hours?,? (?:and )?(\d{1,2})[- ]minutes? (?:race|event)",
+        flat,
+        re.IGNORECASE,
     )
     if hm:
         facts.duration_s = int(hm.group(1)) * 3600 + int(hm.group(2)) * 60
-        return
-    m = re.search(r"\b([\w.]+)[- ]hours? (?:race|event|endurance)", flat, re.IGNORECASE)
+        return True
+    m = re.search(r"\b([\w.]{1,12})[- ]hours? (?:race|event|endurance)", flat, re.IGNORECASE)
     if m is None:
-        m = re.search(r"\bshortened from [\w.]+ hours? to ([\w.]+) hours?", flat, re.IGNORECASE)
+        m = re.search(
+            r"\bshortened from [\w.]{1,12} hours? to ([\w.]{1,12}) hours?", flat, re.IGNORECASE
+        )
     if m is None:
-        m = re.search(r"\b(\d+) Hours of\b", flat)
+        m = re.search(r"\b(\d{1,2}) Hours of\b", flat)
     if m:
         word = m.group(1).lower()
         n = _word_number(word)
@@ -671,10 +848,12 @@ def _read_length(flat: str, facts: ProseFacts) -> None:
             facts.duration_s = round(hours * 3600) or None
         else:
             facts.duration_s = n * 3600
-        return
-    m = re.search(r"\b(\d+)[- ]laps? (?:race|event)|\brace (?:of|over) (\d+) laps\b", flat)
+        return facts.duration_s is not None
+    m = re.search(r"\b(\d{1,4})[- ]laps? (?:race|event)|\brace (?:of|over) (\d{1,4}) laps\b", flat)
     if m:
         facts.laps = int(m.group(1) or m.group(2))
+        return True
+    return False
 
 
 # -- table readers ------------------------------------------------------------
@@ -806,6 +985,32 @@ def _table_label(table: Table) -> str:
     return f"{table.kind} table '{table.heading}' (lines {table.first_line}-{table.last_line})"
 
 
+def _cut_off(table: Table, rec: Record, explained: bool) -> Problem | None:
+    """A row with cells missing, or that stops mid-cell: the table is garbled there.
+
+    ``explained``: the row holds a remark or status (``No Time``, ``DNS``) that
+    merged cells may stand for, so fewer cells are no sign of damage.
+    """
+    have, want = len(rec.cells), len(table.header)
+    short = have < want and not explained
+    unclosed = table.header_closed and not rec.closed
+    if not short and not unclosed:
+        return None
+    shown = "| " + " | ".join(rec.cells)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    why = (
+        f"has {have} of the header's {want} cells"
+        if short
+        else "ends without its closing '|', mid-cell"
+    )
+    return Problem(
+        rec.line,
+        f"{_table_label(table)} is garbled: the row '{shown}' {why} (cut off?); it is not "
+        "read as a car. Complete the row, or pass --partial to import the rest without it",
+    )
+
+
 def read_qualifying(table: Table, problems: list[Problem]) -> list[QualifyingRead]:
     coded_team = _all_coded([_number_and_team(v)[1] for v in _column_values(table, "team")])
     coded_driver = _all_coded([v for v in _column_values(table, "drivers") if _remark(v) is None])
@@ -814,6 +1019,10 @@ def read_qualifying(table: Table, problems: list[Problem]) -> list[QualifyingRea
     out: list[QualifyingRead] = []
     seen: set[str] = set()
     for rec in table.records:
+        cut = _cut_off(table, rec, any(_remark(c) is not None for c in rec.cells))
+        if cut is not None:
+            problems.append(cut)
+            continue
         values: dict[str, str] = {}
         remark = None
         for idx, cell in enumerate(rec.cells):
@@ -895,8 +1104,8 @@ def _position_and_status(raw: str) -> tuple[int | None, Status | None]:
     position = None
     status: Status | None = None
     for tok in tokens:
-        if tok.isdigit():
-            position = int(tok)
+        if parse_int(tok) is not None:
+            position = parse_int(tok)
         elif tok.lower().rstrip(".") in _STATUS_WORDS:
             status = _STATUS_WORDS[tok.lower().rstrip(".")]
     return position, status
@@ -914,6 +1123,15 @@ def read_race(table: Table, problems: list[Problem]) -> list[RaceRow]:
         status_cell = _value(table, rec, "status") or ""
         if status is None and status_cell:
             status = _STATUS_WORDS.get(status_cell.lower().strip(". "))
+        explained = status is not None or any(
+            " ".join(c.lower().split()) in ("did not start", "did not finish") for c in rec.cells
+        )
+        cut = _cut_off(table, rec, explained)
+        if cut is not None:
+            problems.append(cut)
+            if position is not None:
+                next_position = position + 1
+            continue
         if position is None:
             position = next_position
         next_position = position + 1
@@ -1015,7 +1233,7 @@ def read_article(text: str) -> Article:
     """Read the prose, the qualifying table and the race table of an article."""
     lines = text.splitlines()
     problems: list[Problem] = []
-    prose = read_prose(text)
+    prose = read_prose(text, problems)
     tables = find_tables(lines)
     article = Article(prose, [], [], [], [], [], problems)
     for table in tables:
@@ -1238,9 +1456,19 @@ def _facts(
         problems.append(
             Problem(None, "the article states no lap length; circuit length set to 1 km", "error")
         )
+    if prose.series is None:
+        problems.append(
+            Problem(
+                None,
+                f"the article names no series (no sentence such as 'the third round of the "
+                f"2013 American Le Mans Series'); recorded as '{UNKNOWN_SERIES}': give "
+                'series = "..." with --facts',
+                "warning",
+            )
+        )
     return RaceFacts(
         id=race_id,
-        series=prose.series or "unknown series",
+        series=prose.series or UNKNOWN_SERIES,
         season=prose.season or 0,
         event=prose.title or race_id,
         session=session,
@@ -1395,6 +1623,25 @@ def import_article(
     race = qualifying = None
     if "race" in sessions:
         race = race_recording(article, race_id, problems)
+        race_errors = [p for p in problems if p.severity == "error" and p.session == "race"]
+        if not race.classification and not race_errors:
+            # A race recording without a result replays nothing: refused unless the
+            # user asks for what could be read (a garbled table already says so).
+            where = (
+                "the article has no race result table"
+                if not article.has_race
+                else "its race table holds no car that could be read"
+            )
+            problems.append(
+                Problem(
+                    None,
+                    f"{NO_RACE_RESULT}: {where}; nothing to replay. Import the qualifying alone "
+                    "with --session qualifying, supply the result with --merge CSV, or pass "
+                    "--partial to write the race recording without one",
+                    "error",
+                    "race",
+                )
+            )
     if "qualifying" in sessions:
         if not article.qualifying:
             problems.append(

@@ -63,6 +63,8 @@ class FactNote(Struct, kw_only=True, forbid_unknown_fields=True):
 class ReportFacts(Struct, kw_only=True, forbid_unknown_fields=True):
     """The TOML facts file: what reports say that the article's tables do not."""
 
+    series: str | None = None
+    """The series, when the article names none."""
     length: Length | None = None
     interruptions: list[Interruption] = []
     notes: list[FactNote] = []
@@ -235,6 +237,8 @@ def _apply_facts(
     facts_struct = race.facts
     if facts.length is not None:
         facts_struct = replace(facts_struct, length=facts.length)
+    if facts.series:
+        facts_struct = replace(facts_struct, series=facts.series)
     if facts.interruptions:
         facts_struct = replace(
             facts_struct, interruptions=[*facts_struct.interruptions, *facts.interruptions]
