@@ -1,4 +1,5 @@
-"""``chequered loadtest``: many races at once through the real pipeline to many websocket clients.
+"""``chequered loadtest``: many races at once through the real pipeline to many websocket clients,
+or through a service of someone else's (``--target``, ``--target-mqtt``).
 
 Prints progress on stderr while it runs, a summary at the end, and writes
 ``report.json`` and ``report.html`` to the output folder (docs/LOADTEST.md).
@@ -7,6 +8,7 @@ Prints progress on stderr while it runs, a summary at the end, and writes
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,12 @@ def register(subparsers: Any) -> None:
         help="report folder (default loadtest-out)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the first race (default 0)")
+    parser.add_argument(
+        "--race-prefix",
+        default="load-",
+        help="race ids are PREFIX0001.. (default load-); a fresh one per run keeps a "
+        "long-running service from taking a new run for a replay of the last",
+    )
     parser.add_argument("--class", dest="cls", help="subscribe clients to one class only")
     parser.add_argument(
         "--client-workers", type=int, help="client processes (default: one per 500 clients, max 4)"
@@ -98,6 +106,41 @@ def register(subparsers: Any) -> None:
         "--gateway-port", type=int, default=0, help="gateway port (default: a free one)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    other = parser.add_argument_group(
+        "a service of yours",
+        "Measure someone else's consumer instead of our projector and gateway: the load "
+        "test publishes the races on --broker and measures what the service gives back "
+        "(docs/LOADTEST.md).",
+    )
+    other.add_argument(
+        "--target",
+        metavar="URL",
+        help="websocket endpoint speaking the documented protocol, ws://host:port/path",
+    )
+    other.add_argument(
+        "--target-mqtt",
+        action="store_true",
+        help="publish only; measure the MQTT consumer by the standings it publishes",
+    )
+    other.add_argument(
+        "--probe",
+        metavar="TOPIC",
+        help="with --target-mqtt: the topic your consumer publishes per race, {race} in it "
+        "(default: chequered/v1/{race}/standings and standings/delta)",
+    )
+    load = parser.add_argument_group("offered load over time")
+    load.add_argument(
+        "--connect-rate",
+        type=_positive,
+        metavar="R",
+        help="open loop: clients connect at R per second during the run (default: all first)",
+    )
+    load.add_argument(
+        "--ramp",
+        type=_positive,
+        metavar="S",
+        help="start the races one after another over S seconds (default: all at once)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -112,6 +155,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--clients {args.clients}: must not be negative")
     if args.client_workers is not None and args.client_workers < 1:
         raise UserError(f"--client-workers {args.client_workers}: give at least 1")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,50}", args.race_prefix):
+        raise UserError(f"--race-prefix {args.race_prefix}: lower-case letters, digits, - and _")
     if args.compression and args.client_impl != "websockets":
         raise UserError("--compression needs --client-impl websockets")
     recording = args.recording or loadtest.DEFAULT_RECORDING
@@ -130,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         recording=recording,
         out=args.out,
         seed=args.seed,
+        race_prefix=args.race_prefix,
         cls=args.cls,
         client_workers=args.client_workers,
         client_impl=args.client_impl,
@@ -139,6 +185,11 @@ def _run(args: argparse.Namespace) -> int:
         gateway_host=args.gateway_host,
         gateway_port=args.gateway_port,
         progress=None if args.quiet else sys.stderr,
+        target=args.target,
+        target_mqtt=args.target_mqtt,
+        probe=args.probe,
+        connect_rate=args.connect_rate,
+        ramp_s=args.ramp or 0.0,
     )
     try:
         report = loadtest.run(config)

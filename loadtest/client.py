@@ -91,6 +91,10 @@ class WorkerConfig:
     connect_concurrency: int = CONNECT_CONCURRENCY
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     nice: int = 0
+    connect_rate: float | None = None
+    """Open loop: this process's clients connect at this many per second from its start,
+    each when its time comes whether or not the ones before it got in; None connects
+    them all at once (at most ``connect_concurrency`` handshakes in flight)."""
 
 
 # -- one client -----------------------------------------------------------------
@@ -511,10 +515,17 @@ class Worker:
         state.failed = True
         state.error = last_error
 
+    async def _arrive(self, state: ClientState, gate: asyncio.Semaphore, after_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), after_s)
+        if not self.stop.is_set():
+            await self._client(state, gate)
+
     def tick(self, *, final: bool = False) -> bytes:
         rec = self.recorder
         hist = rec.take_histogram()
         race_min: dict[str, int] = {}
+        race_max: dict[str, int] = {}
         connected = failed = faults = 0
         for s in self.states:
             faults += s.chain.faults
@@ -525,6 +536,7 @@ class Worker:
                 seq = s.chain.last or 0
                 race = s.assignment.race
                 race_min[race] = min(seq, race_min.get(race, seq))
+                race_max[race] = max(seq, race_max.get(race, seq))
         tick = WorkerTick(
             worker=self.config.worker,
             wall=time.time(),
@@ -537,6 +549,7 @@ class Worker:
             latency_sum_s=rec.tally.sum_s,
             faults=faults,
             race_min_seq=race_min,
+            race_max_seq=race_max,
             final=final,
             clients=[s.result() for s in self.states] if final else [],
         )
@@ -547,8 +560,18 @@ class Worker:
         return encoded
 
     async def run(self, commands: asyncio.Queue[str]) -> None:
-        gate = asyncio.Semaphore(self.config.connect_concurrency)
-        tasks = [asyncio.ensure_future(self._client(s, gate)) for s in self.states]
+        rate = self.config.connect_rate
+        if rate:
+            # Open loop: arrivals keep their schedule, however slowly the server lets
+            # them in, so no gate holds them back.
+            gate = asyncio.Semaphore(max(1, len(self.states)))
+            tasks = [
+                asyncio.ensure_future(self._arrive(s, gate, i / rate))
+                for i, s in enumerate(self.states)
+            ]
+        else:
+            gate = asyncio.Semaphore(self.config.connect_concurrency)
+            tasks = [asyncio.ensure_future(self._client(s, gate)) for s in self.states]
         next_tick = time.monotonic() + self.config.interval_s
         while True:
             try:

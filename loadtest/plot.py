@@ -1,6 +1,7 @@
 """The load test's plot: one self-contained HTML page of inline SVG charts.
 
-Latency percentiles over time, throughput over time and the latency
+Latency percentiles over time, throughput over time, throughput and
+latency against offered load (the knee of a ramp), and the latency
 histogram, drawn from the report dictionary. Pure: returns text; no plotting
 library, no files, no network (the page loads nothing).
 """
@@ -29,6 +30,10 @@ CAPTION_KEYS = (
     "broker",
     "client_workers",
     "client_impl",
+    "mode",
+    "target",
+    "connect_rate",
+    "ramp_s",
 )
 
 
@@ -198,6 +203,27 @@ def render(report: Mapping[str, object]) -> str:
             ("ws messages", col_all("messages_per_s")),
         ],
     )
+    curve = report.get("load_curve", [])
+    assert isinstance(curve, list)
+
+    def against_offered(name: str) -> list[tuple[float, float]]:
+        return [(float(p["offered_events_per_s"]), float(p[name])) for p in curve
+                if p.get("latency_count", 1) or name != "p99_ms"]  # fmt: skip
+
+    offered_throughput = line_chart(
+        "Throughput against offered load",
+        "events offered per second (produced)",
+        "per second",
+        [("ws messages delivered", against_offered("messages_per_s")),
+         ("events folded", against_offered("folded_per_s"))],
+    )  # fmt: skip
+    offered_latency = line_chart(
+        "p99 latency against offered load",
+        "events offered per second (produced)",
+        "ms (log)",
+        [("p50", against_offered("p50_ms")), ("p99", against_offered("p99_ms"))],
+        log_y=True,
+    )
     hist = report.get("latency_histogram", [])
     assert isinstance(hist, list)
     histogram = bar_chart(
@@ -220,8 +246,8 @@ def render(report: Mapping[str, object]) -> str:
     if isinstance(events, Mapping) and isinstance(ws, Mapping):
         lines.append(
             f"<p>Events produced {events.get('produced', 0):,} "
-            f"({events.get('produced_per_s', 0):,.0f}/s), folded {events.get('folded', 0):,} "
-            f"({events.get('folded_per_s', 0):,.0f}/s); websocket messages "
+            f"({events.get('produced_per_s', 0):,.0f}/s), folded {events.get('folded') or 0:,} "
+            f"({events.get('folded_per_s') or 0:,.0f}/s); websocket messages "
             f"{ws.get('messages', 0):,} ({ws.get('messages_per_s', 0):,.0f}/s) to "
             f"{ws.get('connected', 0)} of {ws.get('clients', 0)} clients</p>"
         )
@@ -244,6 +270,8 @@ def render(report: Mapping[str, object]) -> str:
             *lines,
             latency,
             throughput,
+            offered_throughput,
+            offered_latency,
             histogram,
             "</body></html>",
         ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -31,6 +32,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import msgspec
 import psutil
@@ -39,6 +41,7 @@ from chequered import log
 from chequered.contract import control, topics
 from loadtest import plot as loadplot
 from loadtest.client import Assignment, ClientImpl, WorkerConfig, raise_fd_limit, worker_main
+from loadtest.probe import ProbeConfig, probe_main
 from loadtest.stats import (
     Aggregate,
     client_rows,
@@ -113,6 +116,30 @@ class LoadConfig:
     gateway_port: int = 0
     """0 picks a free port; give one (and a host other machines reach) for Locust clients."""
     progress: TextIO | None = None
+    target: str | None = None
+    """A websocket service of someone else's that speaks the documented protocol
+    (``ws://host:port/path``): the clients go there, and no projector or gateway of
+    ours is started. It must read the feed from ``broker``."""
+    target_mqtt: bool = False
+    """Publish only, to ``broker``: an MQTT consumer of someone else's folds the feed,
+    and a probe reads what it publishes (no projector, gateway or websocket clients)."""
+    probe: str | None = None
+    """With ``target_mqtt``: the topic the consumer publishes per race, ``{race}`` in it;
+    None reads the documented standings and standings/delta topics."""
+    connect_rate: float | None = None
+    """Open loop: clients connect at this many per second over the run, from its start;
+    None connects them all before the races start."""
+    ramp_s: float = 0.0
+    """Races are started one after another, evenly over this many seconds (a ramp of
+    offered load); 0 starts them all at once."""
+
+    @property
+    def mode(self) -> str:
+        """``own`` (our projector and gateway), ``target`` (a websocket service) or
+        ``target-mqtt`` (an MQTT consumer)."""
+        if self.target is not None:
+            return "target"
+        return "target-mqtt" if self.target_mqtt else "own"
 
     def workers(self) -> int:
         if self.client_workers is not None:
@@ -594,18 +621,43 @@ class _Progress:
             self.width = 0
 
 
-async def clear_retained(url: str, races: list[str], *, sessions: list[str]) -> None:
-    """Leave a shared broker as it was: no retained facts, status or standings of ours,
-    and no persistent session (connecting with a clean session discards it)."""
+OURS = (topics.META, topics.STATUS)
+"""What the load test's producer retains on a broker."""
+
+
+async def clear_retained(
+    url: str, races: list[str], *, sessions: list[str], leaves: tuple[str, ...] | None = None
+) -> None:
+    """Leave a shared broker as it was: no retained facts, status or standings of ours
+    (``leaves``; all three by default), and no persistent session (connecting with a
+    clean session discards it)."""
     from broker.bus import connect
 
     async with connect(url, client_id=f"loadtest-cleanup-{os.getpid()}") as bus:
         for race in races:
-            for leaf in (topics.META, topics.STATUS, topics.STANDINGS):
+            for leaf in leaves or (topics.META, topics.STATUS, topics.STANDINGS):
                 await bus.publish(topics.topic(race, leaf), b"", qos=1, retain=True)
     for session in sessions:
         async with connect(url, client_id=session, clean_session=True):
             pass
+
+
+async def _resume_over(
+    url: str, races: list[str], t0: float, ramp_s: float, resumed: list[int]
+) -> None:
+    """Resume the races one after another, evenly over ``ramp_s`` from ``t0``;
+    ``resumed[0]`` counts those resumed so far."""
+    from broker.bus import connect
+
+    payload = msgspec.json.encode({"cmd": "resume", "id": "loadtest"})
+    step = ramp_s / len(races)
+    async with connect(url, client_id=f"loadtest-ramp-{os.getpid()}") as bus:
+        for i, race in enumerate(races):
+            delay = t0 + i * step - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)  # the ramp's own schedule
+            await bus.publish(topics.topic(race, topics.CONTROL), payload, qos=1)
+            resumed[0] = i + 1
 
 
 async def _publish_resume(url: str, races: list[str]) -> float:
@@ -619,6 +671,29 @@ async def _publish_resume(url: str, races: list[str]) -> float:
     return started
 
 
+def check_target(config: LoadConfig) -> None:
+    """A load test of someone else's service needs the broker it reads, and one target."""
+    if config.target is not None and config.target_mqtt:
+        raise LoadTestError("--target and --target-mqtt: give one service to test")
+    if config.mode != "own" and config.broker is None:
+        flag = "--target" if config.target is not None else "--target-mqtt"
+        raise LoadTestError(f"{flag} needs --broker: the broker your service reads the feed from")
+    if config.target is not None:
+        scheme = urlsplit(config.target).scheme
+        if scheme not in ("ws", "wss") or not urlsplit(config.target).hostname:
+            raise LoadTestError(f"--target {config.target}: give a ws://host:port/path URL")
+        if scheme == "wss" and config.client_impl != "websockets":
+            raise LoadTestError(f"--target {config.target}: wss:// needs --client-impl websockets")
+    if config.probe is not None and not config.target_mqtt:
+        raise LoadTestError("--probe is for --target-mqtt")
+    if config.probe is not None and "{race}" not in config.probe:
+        raise LoadTestError(f"--probe {config.probe}: put {{race}} where the race id goes")
+    if config.connect_rate is not None and config.connect_rate <= 0:
+        raise LoadTestError(f"--connect-rate {config.connect_rate:g}: give clients per second")
+    if config.ramp_s < 0:
+        raise LoadTestError(f"--ramp {config.ramp_s:g}: must not be negative")
+
+
 def run(config: LoadConfig) -> dict[str, Any]:
     """Run one load test; returns the report (also written to ``config.out``)."""
     if config.races < 1:
@@ -627,6 +702,9 @@ def run(config: LoadConfig) -> dict[str, Any]:
         raise LoadTestError("--clients must not be negative")
     if config.duration_s <= 0:
         raise LoadTestError("--duration must be positive")
+    check_target(config)
+    if config.target_mqtt:
+        config = dataclasses.replace(config, clients=0)  # the probe reads; nobody connects
     _quiet_mqtt(os.environ.get("CHEQUERED_LOAD_LOG", "warning"))
     return asyncio.run(_run(config))
 
@@ -644,6 +722,7 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
     client_children: list[_Child] = []
     scratch = Path(tempfile.mkdtemp(prefix="chequered-loadtest-"))
     projector_id = ""
+    ramp: asyncio.Task[None] | None = None
     url = config.broker or ""
     try:
         if config.broker is None:
@@ -655,9 +734,14 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
         checkpoint_dir = str(scratch / "checkpoints") if config.checkpoint else None
         # A persistent session of its own per run: an old one on a shared broker would
         # hand this projector the last run's queued events.
-        projector_id = f"loadtest-projector-{os.getpid()}-{int(time.time())}"
-        projector = _spawn("projector", _projector_child, url, checkpoint_dir, projector_id)
-        gateway = _spawn("gateway", _gateway_child, url, config.gateway_host, config.gateway_port)
+        own = config.mode == "own"
+        if own:
+            projector_id = f"loadtest-projector-{os.getpid()}-{int(time.time())}"
+            projector = _spawn("projector", _projector_child, url, checkpoint_dir, projector_id)
+            gateway = _spawn(
+                "gateway", _gateway_child, url, config.gateway_host, config.gateway_port
+            )
+            children += [projector, gateway]
         # Not a daemon: it builds the timelines in a pool of processes of its own.
         producer = _spawn(
             "producer",
@@ -669,15 +753,24 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
             config.seed,
             daemon=False,
         )
-        children += [projector, gateway, producer]
-        await _wait_for(projector, "ready", READY_TIMEOUT_S)
-        port = await _wait_for(gateway, "ready", READY_TIMEOUT_S)
+        children.append(producer)
+        if own:
+            await _wait_for(projector, "ready", READY_TIMEOUT_S)
+            port = await _wait_for(gateway, "ready", READY_TIMEOUT_S)
         timeline_sizes: dict[str, int] = await _wait_for(producer, "built", BUILD_TIMEOUT_S)
         states = await announced(producer, races)
 
-        client_host = "127.0.0.1" if config.gateway_host in ("0.0.0.0", "") else config.gateway_host
-        ws_url = f"ws://{client_host}:{port}/ws"
-        progress.note(f"gateway {config.gateway_host}:{port}, websocket path /ws")
+        if own:
+            local = config.gateway_host in ("0.0.0.0", "")
+            client_host = "127.0.0.1" if local else config.gateway_host
+            ws_url = f"ws://{client_host}:{port}/ws"
+            progress.note(f"gateway {config.gateway_host}:{port}, websocket path /ws")
+        else:
+            ws_url = config.target or ""
+            progress.note(f"service under test: {config.target or 'an MQTT consumer'}")
+        if config.target_mqtt:
+            probe = ProbeConfig(url, tuple(races), config.probe, config.interval_s)
+            client_children.append(_spawn_probe(probe))
         plan = assignments(races, config.clients, workers, config.cls) if workers else []
         for w, mine in enumerate(plan):
             cfg = WorkerConfig(
@@ -688,6 +781,7 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
                 compression=config.compression,
                 interval_s=config.interval_s,
                 nice=config.client_nice,
+                connect_rate=config.connect_rate / workers if config.connect_rate else None,
             )
             client_children.append(_spawn_workers(w, cfg))
 
@@ -699,16 +793,19 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
                     agg.add(tick_decoder.decode(data))
 
         deadline = time.monotonic() + config.connect_timeout_s
-        while config.clients:
+        # Open loop: the clients arrive during the run, so nothing is waited for; the
+        # probe of an MQTT consumer is one subscriber per race.
+        waiting = len(races) if config.target_mqtt else 0 if config.connect_rate else config.clients
+        while waiting:
             pump_clients()
-            progress.show(f"connecting clients {agg.clients_connected}/{config.clients}")
+            progress.show(f"connecting clients {agg.clients_connected}/{waiting}")
             # Connected means subscribed too: the first snapshot (or the gateway's
             # "waiting" reply) has no bearing here, the chain starts at any seq.
-            if agg.clients_connected + agg.clients_failed >= config.clients:
+            if agg.clients_connected + agg.clients_failed >= waiting:
                 break
             if time.monotonic() > deadline:
                 progress.note(
-                    f"only {agg.clients_connected} of {config.clients} clients connected after "
+                    f"only {agg.clients_connected} of {waiting} clients connected after "
                     f"{config.connect_timeout_s:.0f}s; going on"
                 )
                 break
@@ -718,11 +815,12 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
 
         watches = {
             "producer": ProcessWatch("producer", [_pid(producer)]),
-            "projector": ProcessWatch("projector", [_pid(projector)]),
-            "gateway": ProcessWatch("gateway", [_pid(gateway)]),
             "clients": ProcessWatch("clients", [_pid(c) for c in client_children]),
             "loadtest": ProcessWatch("loadtest", [os.getpid()]),
         }
+        if own:
+            watches["projector"] = ProcessWatch("projector", [_pid(projector)])
+            watches["gateway"] = ProcessWatch("gateway", [_pid(gateway)])
         if broker is not None and broker.proc is not None:
             watches["mosquitto"] = ProcessWatch("mosquitto", [broker.proc.pid])
         for watch in watches.values():
@@ -731,10 +829,16 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
 
         load_start = _load()
         # Go: every race resumes at once, and the clock of the report starts.
-        baseline = projector.latest("metrics") or {}
+        baseline = (projector.latest("metrics") if own else None) or {}
         applied_before = int(baseline.get("applied", 0))
         produced_before = sum(seq for _, seq in states.values())
-        t0 = await _publish_resume(url, races)
+        resumed = [0]
+        if config.ramp_s > 0:
+            t0 = time.time()
+            ramp = asyncio.create_task(_resume_over(url, races, t0, config.ramp_s, resumed))
+        else:
+            t0 = await _publish_resume(url, races)
+            resumed[0] = len(races)
         agg.started = t0
         agg.intervals.clear()
         counters: dict[str, Any] = {
@@ -754,11 +858,13 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
                 if update:
                     states.update(update)
             produced = sum(seq for _, seq in states.values())
-            metrics = projector.latest("metrics")
+            metrics = projector.latest("metrics") if own else None
             if metrics:
                 counters["projector"] = metrics
             applied = int(counters["projector"].get("applied", 0))
-            counters["gateway"] = gateway.latest("metrics") or counters["gateway"]
+            if own:
+                counters["gateway"] = gateway.latest("metrics") or counters["gateway"]
+            agg.running(now, resumed[0])
             if produced > counters["produced"]:
                 counters["produced_at"] = now
             if applied > counters["applied"]:
@@ -810,12 +916,31 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
         races_finished = sum(1 for state, _ in states.values() if state == "finished")
 
         # Stop the producer; what it published must reach the projector, then every client.
+        if ramp is not None:
+            ramp.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ramp
         _terminate(producer)
         housekeeping(" draining")
         produced_seqs = {race: seq for race, (_, seq) in states.items()}
         drain_deadline = time.monotonic() + config.drain_timeout_s
+        expected: dict[str, int] = {}
+        if not own:
+            # Someone else's service: what it published last is unknown, so the drain
+            # waits until no client (or the probe) moves any more; the furthest any of
+            # a race's clients got is what each of them should have reached.
+            moved_at, last_seen = time.monotonic(), (agg.min_seq(), agg.max_seq())
+            while time.monotonic() < drain_deadline:
+                housekeeping(" draining")
+                seen_now = (agg.min_seq(), agg.max_seq())
+                if seen_now != last_seen:
+                    moved_at, last_seen = time.monotonic(), seen_now
+                if time.monotonic() - moved_at > QUIET_S + config.interval_s:
+                    break
+                await asyncio.sleep(0.05)
+            expected = agg.max_seq()
         moved_at, last_applied = time.monotonic(), counters["applied"]
-        while time.monotonic() < drain_deadline:
+        while own and time.monotonic() < drain_deadline:
             housekeeping(" draining")
             if counters["applied"] != last_applied:
                 moved_at, last_applied = time.monotonic(), counters["applied"]
@@ -827,8 +952,7 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
         # The projector holds a race's retained snapshot back for up to 1/snapshot_max_hz
         # after its last delta; read the retained seqs until two reads agree, each time
         # waiting for the clients to reach them.
-        expected: dict[str, int] = {}
-        while True:
+        while own:
             await asyncio.sleep(SNAPSHOT_SETTLE_S)
             seen = await retained_seqs(url, races, wait_s=min(10.0, config.drain_timeout_s))
             if seen == expected or time.monotonic() >= drain_deadline:
@@ -888,19 +1012,30 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
             workers=workers,
             url=url if config.broker else "private mosquitto",
         )
+        report["mode"] = report["config"]["mode"] = config.mode
+        report["load_curve"] = agg.load_curve(stepped=config.ramp_s > 0)
+        if not own:
+            # Nothing of ours folded the events: the projector's figures are unknown.
+            report["events"]["folded"] = report["events"]["folded_per_s"] = None
+            report["component_metrics"] = {}
         write_report(report, out)
         return report
     finally:
+        if ramp is not None:
+            ramp.cancel()
         for c in client_children:
             _terminate(c)
         for c in reversed(children):
             _terminate(c)
         if broker is not None:
             broker.stop()
-        elif projector_id:
+        elif projector_id or config.mode != "own":
             with contextlib.suppress(Exception):  # the broker may be what failed
                 async with asyncio.timeout(READY_TIMEOUT_S):
-                    await clear_retained(url, races, sessions=[projector_id])
+                    # The standings of a service under test are its own: left alone.
+                    sessions = [projector_id] if projector_id else []
+                    leaves = None if projector_id else OURS
+                    await clear_retained(url, races, sessions=sessions, leaves=leaves)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -912,6 +1047,14 @@ def _spawn_workers(index: int, cfg: WorkerConfig) -> _Child:
     proc.start()
     child.close()
     return _Child(f"clients-{index}", proc, parent, raw=True)
+
+
+def _spawn_probe(cfg: ProbeConfig) -> _Child:
+    parent, child = _ctx().Pipe()
+    proc = _ctx().Process(target=probe_main, args=(cfg, child), name="loadtest-probe", daemon=True)
+    proc.start()
+    child.close()
+    return _Child("probe", proc, parent, raw=True)
 
 
 def _load() -> list[float]:
@@ -1038,10 +1181,17 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     lat = report["latency_ms"]
     loss = report["loss"]
     procs = report["processes"]
+    folded = (
+        f"folded {ev['folded']:,} ({ev['folded_per_s']:,.0f}/s)"
+        if ev.get("folded") is not None
+        else f"to the service under test ({report.get('mode')})"
+    )
     lines = [
-        f"events    produced {ev['produced']:,} ({ev['produced_per_s']:,.0f}/s), "
-        f"folded {ev['folded']:,} ({ev['folded_per_s']:,.0f}/s)",
-        f"websocket {ws['connected']}/{ws['clients']} clients, {ws['messages']:,} messages "
+        f"events    produced {ev['produced']:,} ({ev['produced_per_s']:,.0f}/s), {folded}",
+        f"probe     {ws['messages']:,} messages from the consumer "
+        f"({ws['messages_per_s']:,.0f}/s, {ws['megabytes_per_s']:.1f} MB/s)"
+        if report.get("mode") == "target-mqtt"
+        else f"websocket {ws['connected']}/{ws['clients']} clients, {ws['messages']:,} messages "
         f"({ws['messages_per_s']:,.0f}/s, {ws['megabytes_per_s']:.1f} MB/s)",
         "latency   "
         + "  ".join(f"{k} {lat[k]:,.1f}" for k in ("p50", "p90", "p99", "p99.9", "max"))
@@ -1056,6 +1206,12 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
             lines.append(
                 f"{name:<9} cpu {p['cpu_percent']:5.1f}%  peak rss {p['peak_rss_mb']:7.1f} MB"
             )
+    curve = report.get("load_curve", [])
+    if report.get("config", {}).get("ramp_s") and curve:
+        knee = " ".join(
+            f"{p['races']}:{p['messages_per_s']:,.0f}/s@{p['p99_ms']:,.1f}ms" for p in curve
+        )
+        lines.append(f"ramp      races: ws msgs/s @ p99  {knee}")
     load = report["machine"].get("load_average", {})
     lines.append(
         f"machine   {report['cpu_cores_used']:.2f} cores used by the test of "

@@ -213,6 +213,8 @@ class WorkerTick(msgspec.Struct, kw_only=True):
     """Gaps + duplicates + overlaps + early deltas so far, across this worker's clients."""
     race_min_seq: dict[str, int]
     """Per race, the lowest last seq among this worker's connected clients."""
+    race_max_seq: dict[str, int] = {}
+    """Per race, the highest last seq among them: what a service under test reached."""
     final: bool = False
     clients: list[ClientResult] = []
 
@@ -236,6 +238,10 @@ class Interval:
     latency_sum_s: float = 0.0
     produced: int = 0
     folded: int = 0
+    connected: int = 0
+    """Clients connected at the latest tick of the interval."""
+    races: int = 0
+    """Races resumed by the end of the interval (the offered load of a ramp)."""
 
 
 @dataclass
@@ -255,6 +261,7 @@ class Aggregate:
     failed: dict[int, int] = field(default_factory=dict)
     faults: dict[int, int] = field(default_factory=dict)
     race_min_seq: dict[int, dict[str, int]] = field(default_factory=dict)
+    race_max_seq: dict[int, dict[str, int]] = field(default_factory=dict)
     clients: list[ClientResult] = field(default_factory=list)
     finals: set[int] = field(default_factory=set)
 
@@ -282,6 +289,8 @@ class Aggregate:
         self.failed[tick.worker] = tick.failed
         self.faults[tick.worker] = tick.faults
         self.race_min_seq[tick.worker] = tick.race_min_seq
+        self.race_max_seq[tick.worker] = tick.race_max_seq
+        slot.connected = self.clients_connected
         if tick.final:
             self.finals.add(tick.worker)
             self.clients.extend(tick.clients)
@@ -291,6 +300,11 @@ class Aggregate:
         slot = self._interval(wall)
         slot.produced += produced
         slot.folded += folded
+
+    def running(self, wall: float, races: int) -> None:
+        """Races resumed by ``wall``: the offered load of the interval."""
+        slot = self._interval(wall)
+        slot.races = max(slot.races, races)
 
     @property
     def clients_connected(self) -> int:
@@ -310,6 +324,14 @@ class Aggregate:
         for per_worker in self.race_min_seq.values():
             for race, seq in per_worker.items():
                 out[race] = min(seq, out.get(race, seq))
+        return out
+
+    def max_seq(self) -> dict[str, int]:
+        """Per race, the highest last seq any client has reached."""
+        out: dict[str, int] = {}
+        for per_worker in self.race_max_seq.values():
+            for race, seq in per_worker.items():
+                out[race] = max(seq, out.get(race, seq))
         return out
 
     def summary(self) -> dict[str, float | int]:
@@ -344,9 +366,43 @@ class Aggregate:
                     "p50_ms": lat["p50"],
                     "p99_ms": lat["p99"],
                     "max_ms": lat["max"],
+                    "clients": slot.connected,
+                    "races": slot.races,
                 }
             )
         return rows
+
+    def load_curve(self, *, stepped: bool) -> list[dict[str, float | int]]:
+        """Throughput and latency against offered load: one point per step of a ramp
+        (the intervals with the same number of races running merged), else one per
+        interval; in order of offered events per second."""
+        groups: dict[int, list[Interval]] = {}
+        for index in sorted(self.intervals):
+            slot = self.intervals[index]
+            groups.setdefault(slot.races if stepped else index, []).append(slot)
+        points: list[dict[str, float | int]] = []
+        for slots in groups.values():
+            span = len(slots) * self.interval_s
+            hist = new_histogram()
+            for slot in slots:
+                if slot.histogram.get_total_count():
+                    hist.add(slot.histogram)
+            lat = latency_summary(hist, sum_s=sum(slot.latency_sum_s for slot in slots))
+            points.append(
+                {
+                    "races": max(slot.races for slot in slots),
+                    "clients": max(slot.connected for slot in slots),
+                    "seconds": round(span, 3),
+                    "offered_events_per_s": round(sum(s.produced for s in slots) / span, 1),
+                    "folded_per_s": round(sum(s.folded for s in slots) / span, 1),
+                    "messages_per_s": round(sum(s.messages for s in slots) / span, 1),
+                    "latency_count": lat["count"],
+                    "p50_ms": lat["p50"],
+                    "p99_ms": lat["p99"],
+                }
+            )
+        points.sort(key=lambda p: (p["offered_events_per_s"], p["races"], p["clients"]))
+        return points
 
 
 def loss_summary(clients: Iterable[ClientResult], expected: Mapping[str, int]) -> dict[str, object]:

@@ -379,7 +379,7 @@ def test_a_small_load_test_runs_the_real_pipeline_without_loss(tmp_path: Path) -
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["loss"] == report["loss"]
     page = (out / "report.html").read_text()
-    assert page.count("<svg") == 3 and "Latency histogram" in page
+    assert page.count("<svg") == 5 and "Latency histogram" in page
 
     events = report["events"]
     assert events["produced"] > 1000
@@ -460,10 +460,10 @@ def test_a_report_renders_to_a_page_of_charts() -> None:
         ],
     }
     page = loadplot.render(report)
-    assert page.startswith("<!doctype html>") and page.count("<svg") == 3
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 5
     assert "p99 2.0 ms" in page
     empty = loadplot.render({"timeseries": [], "latency_histogram": []})
-    assert empty.count("no data") == 3
+    assert empty.count("no data") == 5
 
 
 def test_benchmark_figures_compare_with_their_target_and_baselines() -> None:
