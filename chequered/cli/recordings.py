@@ -292,16 +292,36 @@ def run_races(args: argparse.Namespace) -> int:
                 " ".join(rec.classes),
                 f"{len(rec.entries)}/{started}",
                 completeness(rec),
+                _yellow(rec),
             ]
         )
-    header = ["NAME", "SESSION", "DATE", "CIRCUIT", "LENGTH", "CLASSES", "CARS", "DATA"]
+    header = ["NAME", "SESSION", "DATE", "CIRCUIT", "LENGTH", "CLASSES", "CARS", "DATA", "YELLOW"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     print("CARS: entered/started (qualifying: took part). DATA: classification rows by source.")
+    print(
+        "YELLOW: share of laps under yellow or red; synthesised races (seed 0) run as much"
+        " as their result needs (docs/TIMELINE.md)."
+    )
     for message in bad:
         print(f"skipped {message}", file=sys.stderr)
     return 2 if bad else 0
+
+
+def _yellow(rec: Recording) -> str:
+    """Share of the race's laps run under yellow: as recorded, or as synthesised (seed 0)."""
+    from simulator.timeline import build as timeline
+
+    if rec.facts.session != "race" or not rec.classification:
+        return "-"
+    try:
+        share = timeline.yellow_share(timeline.build(rec, seed=0))
+    except timeline.ERRORS:
+        return "-"
+    if share is None:
+        return "-"
+    return f"{share:.0%}" + ("" if rec.laps else " synth")
 
 
 # -- validate -----------------------------------------------------------------

@@ -64,6 +64,15 @@ def leader_laps(events: list[Event]) -> list[int]:
     return out
 
 
+def yellow_share(events: list[Event]) -> float | None:
+    """Share of all laps completed under a full-course yellow or a red flag (the flag each
+    lap carries), None without laps: how much of a race was neutralised."""
+    laps = [e for e in events if isinstance(e, Lap)]
+    if not laps:
+        return None
+    return sum(1 for e in laps if e.flag == "fcy" or e.flag == "red") / len(laps)
+
+
 def classification(events: list[Event]) -> SessionClosed | None:
     """The closing classification carried by the log, if it has one."""
     for event in reversed(events):

@@ -227,8 +227,17 @@ def test_races_lists_every_recording(tmp_path: Path, capsys: pytest.CaptureFixtu
         "CLASSES",
         "CARS",
         "DATA",
+        "YELLOW",
     ]
     by_name = {line.split()[0]: line for line in lines[1:]}
+    # The share of laps under yellow: a synthesised race's says so (seed 0).
+    share = {name: line.split()[-2:] for name, line in by_name.items()}
+    assert share["alms-2013-monterey-race"][1] == "synth"
+    assert 25 <= int(share["alms-2013-monterey-race"][0].rstrip("%")) <= 35
+    assert share["alms-2013-baltimore-race"][1] == "synth"
+    assert by_name["alms-2013-baltimore-qualifying"].endswith(" -")
+    assert by_name["timed-race"].split()[-1].endswith("%")
+    assert "synthesised races (seed 0)" in lines[-1]
     monterey = by_name["alms-2013-monterey-race"]
     assert "2013-05-11" in monterey and "Mazda Raceway Laguna Seca 3.602 km" in monterey
     assert " 4h " in monterey and "P1 P2 PC GT GTC" in monterey and "36/36" in monterey
