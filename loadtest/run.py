@@ -314,20 +314,23 @@ def _projector_child(
 
 def _gateway_child(conn: Connection, url: str, host: str, port: int = 0) -> None:
     _quiet_child()
-    from consumers.gateway.server import Gateway
+    from consumers.gateway.server import Gateway, GatewaySettings
 
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_sigterm(stop)
-        gateway = Gateway(url)
+        # Every client comes from this machine: the per-address and total limits would
+        # refuse all but the first few dozen.
+        gateway = Gateway(
+            url, GatewaySettings(max_connections_per_address=None, max_clients=None)
+        )
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(gateway.run(host=host, port=port, stop=stop, ready=ready))
         _send(conn, ("ready", await ready))
 
         def read() -> dict[str, object]:
             metrics = gateway.metrics
-            registry = getattr(metrics, "registry", None)
-            values: dict[str, object] = dict(registry.values()) if registry is not None else {}
+            values: dict[str, object] = dict(metrics.values())
             values["clients"] = len(gateway.clients)
             values["seqs"] = {
                 race: cache.snapshot.seq

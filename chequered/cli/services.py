@@ -102,18 +102,31 @@ def register(subparsers: Any) -> None:
     access.add_argument(
         "--max-per-address",
         metavar="N",
-        help="websocket connections from one IP address; more get 429 (default: no limit)",
+        help="connections from one IP address (websocket or HTTP, counted when accepted); "
+        "more get 429 (default 32)",
     )
     access.add_argument(
         "--max-clients",
         metavar="N",
-        help="websocket connections in all; more get 503 (default: no limit)",
+        help="connections in all; more get 503 (default 4096)",
     )
     access.add_argument(
         "--queue-frames",
         metavar="N",
         help="frames waiting for one slow client before its backlog becomes one fresh "
         "snapshot (default 64)",
+    )
+    access.add_argument(
+        "--allow-cors",
+        metavar="ORIGIN",
+        help="send Access-Control-Allow-Origin: ORIGIN with every response, so that pages "
+        "of that origin may read them (default: no CORS header)",
+    )
+    access.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="serve /metrics and /healthz on 127.0.0.1:PORT instead of the public port "
+        "(default: /metrics on the public port, to this host only, or with the token)",
     )
     access.add_argument(
         "--tls-cert",
@@ -211,6 +224,16 @@ def _origin(text: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
+def _cors(text: str | None) -> str | None:
+    """``--allow-cors``: an origin as ``--allow-origin`` takes it, or ``*`` for any page."""
+    if text is None or text == "*":
+        return text
+    try:
+        return _origin(text)
+    except UserError as exc:
+        raise UserError(str(exc).replace("--allow-origin", "--allow-cors", 1)) from None
+
+
 def _token(given: str | None) -> str | None:
     token = given if given is not None else os.environ.get(TOKEN_ENV) or None
     if token is not None and not token.strip():
@@ -236,11 +259,17 @@ def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         "allowed_origins": origins or None,
         "allow_missing_origin": not args.require_origin,
         "token": _token(args.token),
-        "max_connections_per_address": _count("--max-per-address", args.max_per_address),
-        "max_clients": _count("--max-clients", args.max_clients),
+        "allow_cors": _cors(args.allow_cors),
+        "metrics_port": args.metrics_port,
         "tls_certfile": args.tls_cert,
         "tls_keyfile": args.tls_key,
     }
+    for key, flag, text in (
+        ("max_connections_per_address", "--max-per-address", args.max_per_address),
+        ("max_clients", "--max-clients", args.max_clients),
+    ):
+        if text is not None:
+            changes[key] = _count(flag, text)
     queue_frames = _count("--queue-frames", args.queue_frames)
     if queue_frames is not None:
         changes["queue_frames"] = queue_frames

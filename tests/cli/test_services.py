@@ -32,6 +32,7 @@ from chequered.cli.main import build_parser, main
 from chequered.cli.services import TOKEN_ENV, gateway_settings
 from chequered.contract import events as ev
 from chequered.contract import topics
+from consumers.gateway.core.settings import GatewaySettings
 from tests.conftest import REPO, requires_mosquitto
 from tests.support.certs import OPENSSL_TIMEOUT_S, Certs, make_certs, openssl
 from tests.support.feed import tiny_race
@@ -149,7 +150,10 @@ def test_serve_flags_become_the_gateway_settings(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     plain = gateway_settings(parser.parse_args(["serve", *BROKER]))
     assert plain.allowed_origins is None and plain.token is None and plain.tls_certfile is None
-    assert plain.max_clients is None and plain.max_connections_per_address is None
+    defaults = GatewaySettings()
+    assert plain.max_clients == defaults.max_clients
+    assert plain.max_connections_per_address == defaults.max_connections_per_address
+    assert plain.allow_cors is None and plain.metrics_port is None
     assert plain.queue_frames == 64 and plain.allow_missing_origin
     args = parser.parse_args(
         ["serve", *BROKER, "--allow-origin", "https://Widget.Example:443",

@@ -100,9 +100,13 @@ async def test_stuck_clients_cost_bounded_memory_and_no_latency(
 ) -> None:
     race = "slow-clients"
     port = free_port()
+    # Every client connects from this machine: room for all of them on one address.
     gateway = Service(
-        "gateway", ["serve", "--broker", mosquitto.url, "--port", str(port)], tmp_path
-    )
+        "gateway",
+        ["serve", "--broker", mosquitto.url, "--port", str(port),
+         "--max-per-address", str(2 * (GOOD + STUCK))],
+        tmp_path,
+    )  # fmt: skip
     ticker = Ticker(race, padding=PADDING)
     good = [Watcher(f"ws://127.0.0.1:{port}/ws", race, seed=i) for i in range(GOOD)]
     stuck: list[socket.socket] = []

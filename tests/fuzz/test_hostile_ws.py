@@ -200,7 +200,7 @@ async def test_an_oversized_frame_closes_with_1009(mosquitto: Mosquitto) -> None
                 assert (await _reply(ws))["type"] == "pong"
 
         await _while_ticking(ticker, attack)
-        await until(lambda: gw.metrics.closes[1009] >= 2, WAIT_S, "the 1009 closes counted")
+        await until(lambda: gw.metrics.closes["1009"] >= 2, WAIT_S, "the 1009 closes counted")
 
 
 async def test_a_flood_closes_with_1008(mosquitto: Mosquitto) -> None:
@@ -265,7 +265,7 @@ async def test_broken_websocket_framing_closes_the_connection(mosquitto: Mosquit
             assert await asyncio.to_thread(_raw_junk, port) in (b"", b"HTTP/1.1 400")
 
         await _while_ticking(ticker, attack)
-        assert gw.metrics.closes[1002] >= 3
+        assert gw.metrics.closes["1002"] >= 3
 
 
 # -- raw sockets ---------------------------------------------------------------

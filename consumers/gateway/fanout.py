@@ -1,0 +1,257 @@
+"""Writing frames to many clients fast: the one module that reaches below websockets' API.
+
+A server frame without extensions is the same bytes for every client, so the
+fan-out encodes each payload once per turn of the event loop and hands each
+client's frames to its transport in one write, beside the library rather than
+through ``ServerConnection.send`` (which encodes per client and awaits). That
+needs attributes websockets does not document (``send_in_progress``,
+``send_data``, ``protocol.writes``, ``protocol.expect_continuation_frame``) and
+its module-level handshake limits: ``check_websockets`` names any that a
+release lacks before the gateway listens, and ``TESTED`` lists the releases
+this was tested with (``tests/consumers/gateway/test_fanout.py`` fails on others).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import version
+from typing import TYPE_CHECKING
+
+import websockets
+import websockets.http11
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from chequered import log as logmod
+from consumers.gateway.core.session import Counts, Session
+from consumers.gateway.core.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = logmod.get(__name__)
+
+TESTED = ("16", "17")
+"""websockets major releases whose internals this module was tested with (pyproject pins them)."""
+
+CONNECTION_ATTRIBUTES = ("send_in_progress", "send_data", "transport", "protocol")
+PROTOCOL_ATTRIBUTES = (
+    "writes",
+    "expect_continuation_frame",
+    "state",
+    "extensions",
+    "send_text",
+    "data_to_send",
+)
+HTTP11_SETTINGS = ("MAX_LINE_LENGTH", "MAX_NUM_HEADERS")
+
+
+class UnsupportedWebsockets(RuntimeError):
+    """The installed websockets lacks something the fast path or the handshake limits use."""
+
+
+def check_websockets(connection: type[ServerConnection] = ServerConnection) -> None:
+    """Fail at start-up, naming the attribute, when this websockets release lacks one we use."""
+    missing = [
+        f"websockets.http11.{name}"
+        for name in HTTP11_SETTINGS
+        if not hasattr(websockets.http11, name)
+    ]
+    protocol = ServerProtocol()
+    missing += [
+        f"ServerProtocol.{name}" for name in PROTOCOL_ATTRIBUTES if not hasattr(protocol, name)
+    ]
+    # Instance attributes are set by its methods (__init__, connection_made): look for
+    # them in their code, which needs no connection and no event loop.
+    assigned: set[str] = set()
+    for cls in connection.__mro__:
+        for member in vars(cls).values():
+            code = getattr(member, "__code__", None)
+            if code is not None:
+                assigned.update(code.co_names)
+    missing += [
+        f"ServerConnection.{name}"
+        for name in CONNECTION_ATTRIBUTES
+        if not hasattr(connection, name) and name not in assigned
+    ]
+    if missing:
+        tested = ", ".join(f"{major}.x" for major in TESTED)
+        raise UnsupportedWebsockets(
+            f"websockets {version('websockets')} lacks {', '.join(missing)}, which the "
+            f"gateway's fan-out uses (tested with releases {tested}); install a "
+            "tested release (pyproject.toml pins the range)"
+        )
+
+
+def limit_handshakes(settings: GatewaySettings) -> None:
+    """Apply the handshake's header limits (websockets keeps them module-wide, per process)."""
+    websockets.http11.MAX_LINE_LENGTH = settings.max_line_bytes
+    websockets.http11.MAX_NUM_HEADERS = settings.max_headers
+
+
+def server_frame(payload: bytes) -> bytes:
+    """An unmasked, final text frame from server to client, with no extension (RFC 6455)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 1 << 16:
+        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return head + payload
+
+
+class Writer:
+    """The connection side of one session (``core.session.Port``): its writes and its close."""
+
+    def __init__(
+        self, ws: ServerConnection, fanout: Fanout, settings: GatewaySettings, address: str
+    ) -> None:
+        self.ws = ws
+        self.fanout = fanout
+        self.settings = settings
+        self.address = address
+        self.session: Session | None = None
+        self.wake_event = asyncio.Event()
+        self.sending = False
+        self.closing: asyncio.Task[None] | None = None
+        self.written_bytes = 0
+        """Bytes written by ``flush`` not yet counted in the metrics."""
+        # Without extensions (compression is off) a server's frame is the same bytes for
+        # every client: it is then encoded once and shared (see ``flush``).
+        self.plain_frames = not ws.protocol.extensions
+
+    # -- core.session.Port ------------------------------------------------
+
+    def gone(self) -> bool:
+        return self.closing is not None or self.ws.protocol.state in (State.CLOSING, State.CLOSED)
+
+    def room(self, pending: int) -> bool:
+        ws = self.ws
+        return (
+            not self.sending
+            and ws.protocol.state is State.OPEN
+            and ws.transport.get_write_buffer_size() + pending < self.settings.write_limit
+        )
+
+    def flush_later(self) -> None:
+        self.fanout.flush_later(self)
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake without waiting for it (the handler keeps reading)."""
+        if self.closing is None:
+            self.closing = asyncio.create_task(self._close(code, reason))
+
+    # -- writing ----------------------------------------------------------
+
+    def flush(self, wire: dict[int, tuple[bytes, bytes]] | None = None) -> int:
+        """Hand the frames due to this client to the transport in one write.
+
+        ``wire`` shares the encoded frames among the clients flushed together (keyed by
+        the payload's id; the payload is kept beside its frame so that the id stays its own).
+        Returns how many frames were written; the caller counts them.
+        """
+        assert self.session is not None
+        due, size = self.session.take()
+        if not due:
+            return 0
+        ws = self.ws
+        protocol = ws.protocol
+        if (
+            protocol.state is not State.OPEN
+            or ws.send_in_progress is not None
+            or protocol.expect_continuation_frame
+        ):
+            return 0  # closing (nothing more is owed to it), or never: no fragmented sends here
+        try:
+            if self.plain_frames:
+                if protocol.writes:
+                    ws.send_data()  # whatever the library has queued (a pong) goes first
+                frames: list[bytes] = []
+                for data in due:
+                    known = None if wire is None else wire.get(id(data))
+                    if known is None:
+                        known = (data, server_frame(data))
+                        if wire is not None:
+                            wire[id(data)] = known
+                    frames.append(known[1])
+                if len(frames) == 1:
+                    ws.transport.write(frames[0])
+                else:
+                    ws.transport.writelines(frames)
+            else:
+                for data in due:
+                    protocol.send_text(data)
+                ws.transport.writelines(protocol.data_to_send())
+        except Exception as exc:  # a transport that went away meanwhile: the handler sees it
+            log.debug("client_write_failed", client=self.address, error=str(exc))
+            return 0
+        self.written_bytes += size
+        return len(due)
+
+    async def _close(self, code: int, reason: str) -> None:
+        # close() waits for the transport to drain, which a client that does not read never
+        # lets happen: past close_timeout the connection is dropped.
+        try:
+            async with asyncio.timeout(self.settings.close_timeout_s):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            log.info("client_dropped", client=self.address, code=code, reason=reason)
+            self.ws.transport.abort()
+
+    async def run(self) -> None:
+        """Write the outbox at the client's pace, until the connection closes."""
+        assert self.session is not None
+        outbox = self.session.outbox
+        while True:
+            await self.wake_event.wait()
+            self.wake_event.clear()
+            while outbox:
+                # The frames due before the outbox filled go first.
+                self.fanout.count(self, self.flush())
+                frame = outbox.pop()
+                self.sending = True
+                try:
+                    # Waits while the transport buffer is over write_limit: only this client waits.
+                    await self.ws.send(frame.data, text=True)
+                except ConnectionClosed:
+                    return
+                finally:
+                    self.sending = False
+                self.fanout.counts.frames_out.inc()
+                self.fanout.counts.bytes_out.inc(len(frame.data))
+
+
+class Fanout:
+    """Writes, at the end of each turn of the event loop, the frames due to every client."""
+
+    def __init__(self, counts: Counts, call_soon: Callable[[Callable[[], None]], object]) -> None:
+        self.counts = counts
+        self._call_soon = call_soon
+        self._due: list[Writer] = []
+        self._scheduled = False
+
+    def flush_later(self, writer: Writer) -> None:
+        self._due.append(writer)
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        writers, self._due = self._due, []
+        wire: dict[int, tuple[bytes, bytes]] = {}
+        for writer in writers:
+            self.count(writer, writer.flush(wire))
+
+    def count(self, writer: Writer, frames: int) -> None:
+        if frames:
+            self.counts.frames_out.inc(frames)
+            self.counts.bytes_out.inc(writer.written_bytes)
+            self.counts.writes.inc()
+            writer.written_bytes = 0
