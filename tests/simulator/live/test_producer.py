@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -313,3 +315,58 @@ def test_every_producer_setting_is_documented_with_its_default() -> None:
     for setting in dataclasses.fields(ProducerSettings):
         row = f"| `{setting.name}` | {setting.default} |"
         assert row in text, f"docs/OPERATIONS.md lacks the row {row}"
+
+
+IDLE_PRODUCER = """
+import asyncio, signal
+from chequered import log
+from simulator.live.outbox import ProducerSettings
+from simulator.live.producer import ReplaySpec, run_producer
+from tests.support.feed import tiny_race
+
+async def main(url: str, race: str) -> None:
+    log.configure("info", json=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    spec = ReplaySpec(race, tiny_race(race), speed=None)
+    await run_producer(url, [spec], stop=stop, settings=ProducerSettings(keepalive_s={keepalive}))
+
+import sys
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_a_finished_replay_stays_connected_while_idle(mosquitto: Mosquitto) -> None:
+    """Nothing to publish after the end: the keepalive alone holds the connection, and
+    nothing but log lines reaches stderr (no asyncio traceback of a lost connection)."""
+    race = "idle-after-end"
+    keepalive = 2
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", IDLE_PRODUCER.format(keepalive=keepalive), mosquitto.url, race,
+        cwd=REPO, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    watch = Watch(race)
+    try:
+        async with connect(mosquitto.url) as bus:
+            await bus.subscribe(topics.topic(race, topics.STATUS))
+            await watch.until(bus, lambda: watch.status is not None
+                              and watch.status.state == "finished")  # fmt: skip
+            # The condition is time itself: idle for 2.5 keepalive periods, long past the
+            # broker's limit of 1.5 (Mosquitto drops a silent client and sends its will).
+            # Any status in that time would be the will, a reconnect's, or a stop's.
+            seen = len(watch.statuses)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watch.until(bus, lambda: len(watch.statuses) > seen, 60),
+                                       2.5 * keepalive)  # fmt: skip
+        assert [s.state for s in watch.statuses[seen - 1 :]] == ["finished"], "connection lost"
+        assert proc.returncode is None
+        log = mosquitto.log()
+        assert "exceeded timeout" not in log and "disconnecting" not in log.lower(), log
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    lines = err.decode().splitlines()
+    events = [json.loads(line)["event"] for line in lines]  # every line a structlog JSON line
+    assert events == ["producer.stopped"], lines
+    assert proc.returncode == 0
