@@ -23,6 +23,9 @@
   const RENDER_FALLBACK_MS = 250;
   const FLASH_MS = 1400; // as long as the flash animations in leaderboard.css
 
+  // Compact mode's columns unless `columns` names others: what an overlay has room for.
+  const COMPACT_COLUMNS = ["pos", "car", "driver", "gap", "pit"];
+
   const FLAGS = {
     green: "GREEN FLAG",
     fcy: "FULL COURSE YELLOW",
@@ -112,22 +115,34 @@
           <span class="fact"><small>Remaining</small><b class="remaining">--:--:--</b></span>
           <span class="fact"><small>Lap</small><b class="lap">-</b></span>
           <span class="fact"><small>Replay</small><b class="speed">-</b></span>
+          <span class="fact" title="Share of the laps run so far under a yellow or a red flag"><small>Yellow</small><b class="yellow">-</b></span>
         </div>
       </header>
       <div class="flag" part="flag" role="status"></div>
       <nav class="tabs" part="tabs" role="tablist"></nav>
       <div class="message" part="message" hidden></div>
+      <div class="cover" part="cover" hidden>
+        <p class="cover-text"></p>
+        <button type="button" class="reveal" part="reveal">Show the result</button>
+      </div>
       <div class="scroll">
         <table class="grid" part="table">
           <thead><tr></tr></thead>
           <tbody></tbody>
         </table>
       </div>
+      <section class="rc" part="race-control" aria-label="Race control" hidden>
+        <h3 class="rc-head">Race control</h3>
+        <ol class="rc-feed" part="race-control-feed" aria-live="polite"></ol>
+      </section>
     </div>`;
 
   class LiveLeaderboard extends HTMLElement {
     static get observedAttributes() {
-      return ["race", "class", "race-class", "server", "token", "hide-tabs"];
+      return [
+        "race", "class", "race-class", "server", "token", "hide-tabs", "spoilers", "top", "compact",
+        "columns",
+      ];
     }
 
     constructor() {
@@ -145,6 +160,10 @@
       for (const name of ["name", "conn", "partial", "clock", "remaining", "lap", "speed", "flag", "tabs", "message"]) {
         this._el[name] = this._board.querySelector(`.${name}`);
       }
+      this._cover = this._board.querySelector(".cover");
+      this._coverText = this._board.querySelector(".cover-text");
+      this._board.querySelector(".reveal").addEventListener("click", () => this.reveal());
+      this._scroll = this._board.querySelector(".scroll");
       this._head = this._board.querySelector("thead tr");
       this._body = this._board.querySelector("tbody");
       for (const col of COLUMNS) {
@@ -174,6 +193,8 @@
       this._flash = 0;
       this._renderQueued = false;
       this._pendingFull = false;
+      this._sawRunning = false; // saw this race before its finish: the result came while watched
+      this._revealed = false;
       // No attributes in the constructor: the parser may be creating this element.
     }
 
@@ -203,6 +224,26 @@
     set raceClass(value) {
       this._filter = value || "";
       this._render(true);
+    }
+
+    /** Spoiler-safe (`spoilers="off"`): a result not watched arriving stays hidden. */
+    get spoilerSafe() {
+      return this.getAttribute("spoilers") === "off";
+    }
+
+    /** Whether the board is hidden because it would show a result not watched (see WIDGET.md). */
+    get covered() {
+      const session = this._session;
+      return Boolean(
+        this.spoilerSafe && session && session.finished && !this._sawRunning && !this._revealed,
+      );
+    }
+
+    /** Show the board the spoiler-safe cover hides. */
+    reveal() {
+      this._revealed = true;
+      this._render(true);
+      this._emitStandings("delta", []);
     }
 
     get snapshot() {
@@ -246,6 +287,9 @@
         this._filter = null;
         this._reset();
         this._subscribe();
+      } else if (["spoilers", "top", "compact", "columns"].includes(name)) {
+        this._render(true);
+        this._emitStandings("delta", []);
       } else {
         if (name !== "hide-tabs") this._filter = null;
         this._render(true);
@@ -410,14 +454,18 @@
       this._seq = null;
       this._status = null;
       this._clockAnchor = null;
+      this._sawRunning = false;
+      this._revealed = false;
       delete this.dataset.seq;
       delete this.dataset.raceState;
+      this._raceControlSnapshot([]);
       this._emitStandings("reset", []);
     }
 
     _applySnapshot(snap) {
       const fresh = this._session === null;
       this._session = snap.session;
+      if (!snap.session.finished) this._sawRunning = true;
       this._cars = new Map(snap.cars.map((row) => [row.car, row]));
       for (const [car, tr] of this._rows) {
         if (!this._cars.has(car)) {
@@ -429,6 +477,7 @@
       this._anchorClock(snap.session.t_ms);
       this._showMessage(null);
       this._setState("live");
+      this._raceControlSnapshot(snap.messages || []);
       this._scheduleRender(fresh);
       this._emitStandings("snapshot", snap.cars);
     }
@@ -436,10 +485,12 @@
     _applyDelta(delta) {
       if (delta.session) {
         this._session = delta.session;
+        if (!delta.session.finished) this._sawRunning = true;
         this._anchorClock(delta.session.t_ms);
       }
       for (const row of delta.cars || []) this._cars.set(row.car, row);
       this._seq = delta.seq;
+      this._raceControlAdd(delta.messages || []);
       this._scheduleRender(false);
       this._emitStandings("delta", delta.cars || []);
     }
@@ -507,6 +558,12 @@
     _tickClock() {
       const session = this._session;
       if (!session || !this._clockAnchor) return;
+      if (this.covered) {
+        // The clock at the end says how long the race ran (a race stopped early, say).
+        this._el.clock.textContent = "--:--:--";
+        this._el.remaining.textContent = "--:--:--";
+        return;
+      }
       let t = this._clockAnchor.t_ms;
       const speed = this._speed();
       // Between frames the race clock runs on at the replay speed (never past the next frame's).
@@ -543,7 +600,8 @@
       this._board.dataset.flag = flag;
       this.dataset.flag = flag;
       this.dataset.finished = session.finished ? "true" : "false";
-      this._el.flag.textContent = FLAGS[flag] || flag.toUpperCase();
+      this._el.flag.textContent = this._flagText(flag, session);
+      this._renderYellowShare(session);
       // Events the standings never saw (joined mid-race, or lost on the way): say the board
       // may be short of laps, best laps and pit stops until the race is folded again.
       const gaps = session.gaps || 0;
@@ -565,6 +623,11 @@
       else if (state === "finished" || session.finished) speedText = "finished";
       else if (state === "offline") speedText = "offline";
       this._el.speed.textContent = speedText;
+      if (this.covered) {
+        // The laps run and the flag would tell how the race ended: neither shows.
+        this._el.lap.textContent = "-";
+        this._el.flag.textContent = "SPOILER-SAFE";
+      }
       this._tickClock();
     }
 
@@ -602,8 +665,29 @@
       const cls = this.raceClass;
       this.dataset.filter = cls || "All";
       this._renderTabs(cls);
+      const covered = this.covered;
+      this.dataset.covered = covered ? "true" : "false";
+      this._cover.hidden = !covered;
+      this._scroll.hidden = covered;
+      if (covered) {
+        this._el.tabs.hidden = true;
+        this._coverText.textContent =
+          "Spoiler-safe: the replay of this race has already finished, so the board would show " +
+          "the result. Seek the replay back to watch it, or show the result now.";
+      }
       const rows = [...this._cars.values()].sort((a, b) => a.position - b.position);
-      const shown = cls ? rows.filter((row) => row.cls === cls) : rows;
+      let shown = cls ? rows.filter((row) => row.cls === cls) : rows;
+      // top="N": the first N of the view (an overlay's top ten, say).
+      const top = Number.parseInt(this.getAttribute("top") || "", 10);
+      if (top > 0) shown = shown.slice(0, top);
+      const columns = this._columns();
+      if (full || columns.join(" ") !== this._columnsShown) {
+        this._columnsShown = columns.join(" ");
+        for (const th of this._head.children) th.hidden = !columns.includes(th.dataset.col);
+        for (const tr of this._rows.values()) {
+          for (const td of tr.children) td.hidden = !columns.includes(td.dataset.col);
+        }
+      }
       const overallBest = this._overallBest();
       let order = 0;
       let moved = false;
@@ -629,6 +713,19 @@
         // Appending in order moves the existing rows; untouched rows keep their state.
         for (const row of shown) this._body.appendChild(this._rows.get(row.car));
       }
+      this._renderRaceControl();
+    }
+
+    /** The columns shown: `columns` (keys, space-separated), else compact's few, else all. */
+    _columns() {
+      const keys = COLUMNS.map((col) => col.key);
+      const asked = (this.getAttribute("columns") || "").split(/[\s,]+/).filter((k) => keys.includes(k));
+      if (asked.length) return asked.filter((k, i) => asked.indexOf(k) === i).sort(
+        (a, b) => keys.indexOf(a) - keys.indexOf(b),
+      );
+      if (!this.hasAttribute("compact")) return keys;
+      // On one class the position that matters is the one in class.
+      return this.raceClass ? COMPACT_COLUMNS.map((k) => (k === "pos" ? "pic" : k)) : COMPACT_COLUMNS;
     }
 
     _overallBest() {
@@ -651,6 +748,7 @@
         if (col.narrow === false) td.classList.add("wide-only");
         if (col.narrow === "mid") td.classList.add("mid-only");
         if (col.key === "cls") td.classList.add("cls-chip");
+        td.hidden = this._columnsShown !== undefined && !this._columnsShown.split(" ").includes(col.key);
         tr.appendChild(td);
       }
       return tr;
@@ -752,6 +850,129 @@
       tr.classList.add(`moved-${dir}-${this._flash ? "a" : "b"}`);
     }
   }
+
+  // -- race control: the message feed, the flag's cause, the share of laps under yellow ------
+  //
+  // The board's snapshot holds the latest race-control messages, each delta the new ones
+  // (docs/PROTOCOL.md); the feed shows them newest first, coloured by category, and the
+  // cars of the newest one (or of the one under the pointer) are highlighted in the table.
+
+  const MESSAGES_KEPT = 30; // as chequered.contract.board.MESSAGES_KEPT
+  const CATEGORIES = {
+    flag: "FLAG",
+    incident: "INCIDENT",
+    penalty: "PENALTY",
+    pit: "PIT",
+    retirement: "RETIRED",
+    information: "INFO",
+  };
+  // Facts no source states: the feed says so beside the message.
+  const HEDGED = { inferred: "inferred", model: "simulated" };
+
+  const RaceControlSection = {
+    _raceControlSnapshot(messages) {
+      this._rcMessages = messages.slice(-MESSAGES_KEPT);
+      this._rcDirty = true;
+    },
+
+    _raceControlAdd(messages) {
+      const kept = this._rcMessages || [];
+      const last = kept.length ? kept[kept.length - 1].seq : 0;
+      const fresh = messages.filter((m) => m.seq > last);
+      if (!fresh.length) return;
+      this._rcMessages = kept.concat(fresh).slice(-MESSAGES_KEPT);
+      this._rcDirty = true;
+    },
+
+    /** The race-control messages held, oldest first. */
+    get messages() {
+      return (this._rcMessages || []).slice();
+    },
+
+    _flagText(flag, session) {
+      const text = FLAGS[flag] || flag.toUpperCase();
+      const reason = session.flag_reason;
+      // Why the race is neutralised; a green or chequered flag needs no cause.
+      return (flag === "fcy" || flag === "red") && reason ? `${text} · ${reason}` : text;
+    },
+
+    _renderYellowShare(session) {
+      if (!this._el.yellow) this._el.yellow = this._board.querySelector(".yellow");
+      const run = session.laps_run || 0;
+      const share = run ? (100 * (session.laps_neutralised || 0)) / run : null;
+      this._el.yellow.textContent = share === null || this.covered ? "-" : `${Math.round(share)}%`;
+      this.dataset.yellowShare = share === null ? "" : share.toFixed(1);
+    },
+
+    _renderRaceControl() {
+      const section = this._board.querySelector(".rc");
+      const messages = this._rcMessages || [];
+      // Spoiler-safe cover: the feed would tell the result as well as the board.
+      section.hidden = this.hasAttribute("hide-feed") || this.covered || !messages.length;
+      this.dataset.messages = String(messages.length);
+      if (this._rcDirty) {
+        this._rcDirty = false;
+        const feed = section.querySelector(".rc-feed");
+        feed.textContent = "";
+        for (const message of [...messages].reverse()) feed.appendChild(this._rcItem(message));
+      }
+      const newest = messages.length ? messages[messages.length - 1] : null;
+      const shown = this._rcPointed || newest;
+      const cars = new Set(shown ? shown.cars || [] : []);
+      this.dataset.highlight = [...cars].join(" ");
+      for (const [car, tr] of this._rows) {
+        const on = cars.has(car);
+        tr.classList.toggle("rc-involved", on);
+        if (on) tr.dataset.rc = shown.category;
+        else delete tr.dataset.rc;
+      }
+    },
+
+    _rcItem(message) {
+      const li = document.createElement("li");
+      li.className = "rc-item";
+      li.setAttribute("part", "race-control-item");
+      li.tabIndex = 0;
+      li.dataset.seq = String(message.seq);
+      li.dataset.category = message.category;
+      li.dataset.cars = (message.cars || []).join(" ");
+      li.dataset.provenance = message.provenance || "timing";
+      const when = document.createElement("span");
+      when.className = "rc-when";
+      when.textContent = `L${message.lap} · ${clockText(message.t_ms)}`;
+      const cat = document.createElement("span");
+      cat.className = "rc-cat";
+      cat.textContent = CATEGORIES[message.category] || message.category.toUpperCase();
+      const text = document.createElement("span");
+      text.className = "rc-text";
+      text.textContent = message.text;
+      li.append(when, cat, text);
+      const hedge = HEDGED[message.provenance];
+      if (hedge) {
+        const source = document.createElement("span");
+        source.className = "rc-source";
+        source.textContent = hedge;
+        source.title =
+          hedge === "inferred"
+            ? "A reading of the sources, which do not state it"
+            : "Made up by the simulation: no source records it";
+        li.appendChild(source);
+      }
+      const point = (on) => {
+        this._rcPointed = on ? message : null;
+        this._renderRaceControl();
+      };
+      li.addEventListener("mouseenter", () => point(true));
+      li.addEventListener("mouseleave", () => point(false));
+      li.addEventListener("focus", () => point(true));
+      li.addEventListener("blur", () => point(false));
+      return li;
+    },
+  };
+  Object.defineProperties(
+    LiveLeaderboard.prototype,
+    Object.getOwnPropertyDescriptors(RaceControlSection),
+  );
 
   if (!customElements.get("live-leaderboard")) {
     customElements.define("live-leaderboard", LiveLeaderboard);
@@ -979,6 +1200,13 @@
         const pb = series[b][series[b].length - 1].position;
         return pa - pb;
       });
+      // Spoiler-safe and the board covered: the charts would tell the result just as well.
+      const covered = Boolean(this._board && this._board.covered);
+      if (covered) cars.length = 0;
+      this.dataset.covered = covered ? "true" : "false";
+      this._empty.textContent = covered
+        ? "Hidden with the board (spoiler-safe): the replay has already finished."
+        : "No laps yet: the charts fill in as cars cross the line.";
       const colours = new Map(cars.map((car, i) => [car, PALETTE[i % PALETTE.length]]));
       this._empty.hidden = cars.length > 0;
       this._grid.hidden = cars.length === 0;
