@@ -39,9 +39,11 @@ FILES = {
     "/leaderboard.js": ("leaderboard.js", "text/javascript; charset=utf-8"),
     "/leaderboard.css": ("leaderboard.css", "text/css; charset=utf-8"),
 }
+# An inline block: its tag's attributes, then the text the browser hashes (exactly the
+# bytes between the tags). A <script src=...> has no inline text to allow.
 _INLINE = {
-    "script": re.compile(rb"<script>(.*?)</script>", re.S),
-    "style": re.compile(rb"<style>(.*?)</style>", re.S),
+    "script": re.compile(rb"<script\b([^>]*)>(.*?)</script\s*>", re.S | re.I),
+    "style": re.compile(rb"<style\b([^>]*)>(.*?)</style\s*>", re.S | re.I),
 }
 
 
@@ -52,7 +54,9 @@ def content_security_policy(pages: list[bytes]) -> str:
     hashes: dict[str, list[str]] = {"script": [], "style": []}
     for page in pages:
         for kind, pattern in _INLINE.items():
-            for block in pattern.findall(page):
+            for attributes, block in pattern.findall(page):
+                if b"src=" in attributes.lower():
+                    continue
                 digest = base64.b64encode(hashlib.sha256(block).digest()).decode()
                 hashes[kind].append(f"'sha256-{digest}'")
     return "; ".join(

@@ -449,3 +449,37 @@ async def test_widget_follows_a_whole_replay_to_the_official_classification(
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+
+CSP_WATCH = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`);
+});
+"""
+
+
+async def test_the_page_runs_under_the_gateways_content_security_policy(
+    module_mosquitto: Mosquitto,
+) -> None:
+    race = Standings("wb-csp", seq=3)
+    async with bus.connect(module_mosquitto.url) as pub:
+        await publish_snapshot(pub, race.snapshot())
+        async with (
+            running_gateway(module_mosquitto.url) as (gateway, port),
+            chromium_page() as page,
+        ):
+            await until(lambda: "wb-csp" in gateway.races, "the retained snapshot")
+            await page.add_init_script(CSP_WATCH)
+            for query in ("?race=wb-csp", "?race=wb-csp&overlay"):
+                response = await page.goto(f"http://127.0.0.1:{port}/{query}")
+                assert response is not None
+                policy = response.headers["content-security-policy"]
+                assert "default-src 'none'" in policy and "unsafe-inline" not in policy
+                # The widget (leaderboard.js) and the page's own inline script (the race
+                # picker) both ran: the policy allows them, and nothing else was blocked.
+                element = page.locator(BOARD)
+                await expect(element).to_have_attribute("data-state", "live")
+                await expect(page.locator(ROWS)).to_have_count(len(ENTRIES))
+                await expect(page.locator("#race-picker option[value='wb-csp']")).to_have_count(1)
+                assert await page.evaluate("window.__cspViolations") == []
