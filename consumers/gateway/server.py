@@ -17,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiomqtt
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
@@ -319,7 +318,7 @@ class BrokerLink:
                     log.info("broker_connected", url=gateway.url)
                     gateway.start_grace()
                     await self._read(bus)
-            except (aiomqtt.MqttError, OSError) as exc:
+            except (busmod.BusError, OSError) as exc:  # an OSError must not end the link either
                 delay = backoff.next()
                 log.warning("broker_lost", url=gateway.url, error=str(exc), retry_s=round(delay, 2))
             finally:
