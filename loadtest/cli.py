@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chequered.cli.live import add_fault_options, fault_rates
 from chequered.cli.main import UserError
 
 
@@ -141,6 +142,7 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="start the races one after another over S seconds (default: all at once)",
     )
+    add_fault_options(parser, record_file=False)
     parser.set_defaults(handler=_run)
 
 
@@ -190,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         probe=args.probe,
         connect_rate=args.connect_rate,
         ramp_s=args.ramp or 0.0,
+        faults=fault_rates(args),
     )
     try:
         report = loadtest.run(config)

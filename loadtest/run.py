@@ -49,6 +49,7 @@ from loadtest.stats import (
     loss_summary,
     tick_decoder,
 )
+from simulator.live.faults import FaultRates
 
 _log = log.get(__name__)
 
@@ -132,6 +133,8 @@ class LoadConfig:
     ramp_s: float = 0.0
     """Races are started one after another, evenly over this many seconds (a ramp of
     offered load); 0 starts them all at once."""
+    faults: FaultRates | None = None
+    """A hostile feed: the producer injects these faults, and the report holds the record."""
 
     @property
     def mode(self) -> str:
@@ -231,15 +234,18 @@ def _producer_child(
     races: list[str],
     speed: float | None,
     seed: int,
+    faults: FaultRates | None = None,
 ) -> None:
     _quiet_child()
+    from simulator.live.faults import Injector
     from simulator.live.producer import ReplaySpec, run_producer
 
     timelines = build_timelines(recording, races, seed)
     specs = [
-        ReplaySpec(race=race, events=events, speed=speed, paused=True)
+        ReplaySpec(race=race, events=events, speed=speed, paused=True,
+                   faults=Injector(race, faults) if faults is not None else None)
         for race, events in timelines.items()
-    ]
+    ]  # fmt: skip
     _send(conn, ("built", {s.race: len(s.events) for s in specs}))
 
     async def main() -> None:
@@ -262,6 +268,9 @@ def _producer_child(
             )
         finally:
             reporter.cancel()
+            injected = {s.race: s.faults.summary() for s in specs if s.faults is not None}
+            if injected:
+                _send(conn, ("injected", injected))
             _send(conn, ("final", dict(states)))
 
     asyncio.run(main())
@@ -314,23 +323,20 @@ def _projector_child(
 
 def _gateway_child(conn: Connection, url: str, host: str, port: int = 0) -> None:
     _quiet_child()
-    from consumers.gateway.server import Gateway, GatewaySettings
+    from consumers.gateway.server import Gateway
 
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_sigterm(stop)
-        # Every client comes from this machine: the per-address and total limits would
-        # refuse all but the first few dozen.
-        gateway = Gateway(
-            url, GatewaySettings(max_connections_per_address=None, max_clients=None)
-        )
+        gateway = Gateway(url)
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(gateway.run(host=host, port=port, stop=stop, ready=ready))
         _send(conn, ("ready", await ready))
 
         def read() -> dict[str, object]:
             metrics = gateway.metrics
-            values: dict[str, object] = dict(metrics.values())
+            registry = getattr(metrics, "registry", None)
+            values: dict[str, object] = dict(registry.values()) if registry is not None else {}
             values["clients"] = len(gateway.clients)
             values["seqs"] = {
                 race: cache.snapshot.seq
@@ -754,6 +760,7 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
             races,
             config.speed,
             config.seed,
+            config.faults,
             daemon=False,
         )
         children.append(producer)
@@ -1016,6 +1023,9 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
             url=url if config.broker else "private mosquitto",
         )
         report["mode"] = report["config"]["mode"] = config.mode
+        if config.faults is not None:
+            # The truth the clients' loss figures are to be read against.
+            report["injected"] = producer.latest("injected") or {}
         report["load_curve"] = agg.load_curve(stepped=config.ramp_s > 0)
         if not own:
             # Nothing of ours folded the events: the projector's figures are unknown.
@@ -1105,7 +1115,7 @@ def build_report(
     measured run. ``expected`` is each race's last published standings seq.
     """
     config_view = {
-        f.name: (str(v) if isinstance(v, Path) else v)
+        f.name: _plain(v)
         for f in fields(config)
         if f.name != "progress" and not callable(v := getattr(config, f.name))
     }
@@ -1167,6 +1177,15 @@ def build_report(
     }
 
 
+def _plain(value: object) -> object:
+    """A setting as JSON has it."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, FaultRates):
+        return dataclasses.asdict(value)
+    return value
+
+
 def write_report(report: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.html`` into ``out``; returns both paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -1209,6 +1228,13 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
             lines.append(
                 f"{name:<9} cpu {p['cpu_percent']:5.1f}%  peak rss {p['peak_rss_mb']:7.1f} MB"
             )
+    for race, truth in report.get("injected", {}).items():
+        done = ", ".join(f"{k} {v}" for k, v in truth["injected"].items()) or "nothing"
+        e = truth["expected"]
+        lines.append(
+            f"injected  {race}: {done}; a seq-keeping consumer counts {e['gaps']} missing "
+            f"seqs, {e['duplicates']} duplicates, {e['malformed']} malformed"
+        )
     curve = report.get("load_curve", [])
     if report.get("config", {}).get("ramp_s") and curve:
         knee = " ".join(

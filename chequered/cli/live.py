@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
     replay.add_argument(
         "--exit-at-end", action="store_true", help="stop when every race has finished"
     )
-    _add_fault_options(replay)
+    add_fault_options(replay)
     replay.set_defaults(handler=_replay)
 
     ctl = subparsers.add_parser(
@@ -195,7 +195,7 @@ def load_timeline(name: str, *, seed: int, race: str | None = None) -> tuple[str
 
 def _specs(args: argparse.Namespace) -> list[ReplaySpec]:
     specs: list[ReplaySpec] = []
-    rates = _fault_rates(args)
+    rates = fault_rates(args)
     for name in args.races:
         race, events = load_timeline(name, seed=args.seed)
         ids = [race] if args.copies == 1 else [f"{race}-{i}" for i in range(1, args.copies + 1)]
@@ -252,7 +252,9 @@ def _replay(args: argparse.Namespace) -> int:
 # -- the hostile feed ----------------------------------------------------------------
 
 
-def _add_fault_options(parser: argparse.ArgumentParser) -> None:
+def add_fault_options(parser: argparse.ArgumentParser, *, record_file: bool = True) -> None:
+    """The hostile feed's options (``fault_rates`` reads them); ``chequered loadtest`` has
+    them too, its report holding the record instead of ``--injected-out``."""
     group = parser.add_argument_group(
         "hostile feed",
         "Inject the faults real feeds and brokers cause, each a probability per events "
@@ -281,6 +283,8 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
     )
     for flag, kind, default, what in settings:
         group.add_argument(flag, type=kind, default=default, help=f"{what} (default {default})")
+    if not record_file:
+        return
     group.add_argument(
         "--injected-out", type=Path, metavar="FILE",
         help="write every race's record of faults (JSON) here at the end",
@@ -297,7 +301,7 @@ def _rate(text: str) -> float:
     return value
 
 
-def _fault_rates(args: argparse.Namespace) -> FaultRates | None:
+def fault_rates(args: argparse.Namespace) -> FaultRates | None:
     """The faults asked for, or None for an honest feed."""
     try:
         rates = FaultRates(

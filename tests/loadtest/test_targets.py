@@ -22,6 +22,7 @@ from loadtest.client import Assignment, ClientState, Worker, WorkerConfig
 from loadtest.probe import ProbeConfig, observe, race_of, subscriptions
 from loadtest.run import LoadConfig, _Child
 from loadtest.stats import Aggregate, WorkerTick, new_histogram, tick_encoder
+from simulator.live.faults import FaultRates
 
 LOAD_RECORDING = "imsa-2022-laguna-seca-race"
 """A real race replayed as recorded: 2.7 hours, 10,000 events; 10 s at 1000x."""
@@ -107,6 +108,28 @@ def test_the_load_test_probes_an_mqtt_consumer_by_the_standings_it_publishes(
     assert on_disk["mode"] == "target-mqtt"
 
 
+@pytest.mark.slow
+def test_a_load_test_on_a_hostile_feed_reports_the_truth_our_projector_counted(
+    tmp_path: Path,
+) -> None:
+    rates = FaultRates(seed=5, duplicate=0.05, drop=0.05, malformed=0.05)
+    config = LoadConfig(races=1, speed=1000.0, clients=4, duration_s=4.0, out=tmp_path,
+                        recording=LOAD_RECORDING, faults=rates)  # fmt: skip
+    report = loadtest.run(config)
+    truth = report["injected"]["load-0001"]
+    assert set(truth["injected"]) == {"duplicate", "drop", "malformed"}
+    projector = report["component_metrics"]["projector"]
+    expected = truth["expected"]
+    assert expected["gaps"] > 0 and expected["duplicates"] > 0
+    assert projector["gaps"] == expected["gaps"]
+    assert projector["duplicates"] == expected["duplicates"]
+    assert projector["dead_letters"] == expected["malformed"] + expected["gap_events"]
+    # The clients follow the projector's own chain of standings: what it folded is
+    # delivered without a gap, whatever was lost before it.
+    assert report["loss"]["gaps"] == 0 and report["websocket"]["connected"] == 4
+    assert any(line.startswith("injected  load-0001: ") for line in loadtest.summary_lines(report))
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -119,6 +142,7 @@ def test_the_load_test_probes_an_mqtt_consumer_by_the_standings_it_publishes(
         (["--broker", "mqtt://127.0.0.1:1", "--target", "ws://h:1/", "--target-mqtt"],
          "give one service"),
         (["--ramp", "0"], "must be positive"),
+        (["--drop", "0.1", "--reorder-window", "99"], "--reorder-window 99: give 1 to 64"),
     ],
 )  # fmt: skip
 def test_bad_target_arguments_are_one_line_errors(
