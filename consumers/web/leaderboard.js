@@ -141,7 +141,7 @@
     static get observedAttributes() {
       return [
         "race", "class", "race-class", "server", "token", "hide-tabs", "spoilers", "top", "compact",
-        "columns",
+        "columns", "hide-feed",
       ];
     }
 
@@ -287,7 +287,7 @@
         this._filter = null;
         this._reset();
         this._subscribe();
-      } else if (["spoilers", "top", "compact", "columns"].includes(name)) {
+      } else if (["spoilers", "top", "compact", "columns", "hide-feed"].includes(name)) {
         this._render(true);
         this._emitStandings("delta", []);
       } else {
