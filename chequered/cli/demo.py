@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TextIO, TypeVar
 
 from broker import mosquitto
-from broker.bus import BrokerAddress, Bus, connect
+from broker.bus import BrokerAddress, Bus, connect, redacted
 from chequered.contract import control, topics
 from chequered.contract.board import Snapshot, apply_delta, decode_delta, decode_snapshot
 from chequered.contract.control import Status
@@ -45,6 +45,9 @@ class Progress:
     """The standings as the projector publishes them: retained snapshot plus deltas."""
     lines_printed: int = 0
     last_line: str = ""
+    spoilers: bool = True
+    """False: the line leaves out the race's end (the time of its last event, which tells a
+    race stopped early) and the bar measured against it."""
 
     def on_message(self, leaf: str, payload: bytes) -> None:
         if leaf == topics.STATUS:
@@ -92,6 +95,8 @@ class Progress:
         done = min(1.0, status.t_ms / end)
         bar = "#" * round(done * BAR_WIDTH)
         speed = "max" if status.speed is None else f"{status.speed:g}x"
+        if not self.spoilers:
+            return f"{_clock(status.t_ms)}  lap {self.leader_lap}  {speed}  {status.state}"
         return (
             f"[{bar:<{BAR_WIDTH}}] {_clock(status.t_ms)} / {_clock(end)}"
             f"  lap {self.leader_lap}  {speed}  {status.state}"
@@ -115,8 +120,14 @@ class Demo:
     host: str = "127.0.0.1"
     port: int = 0
     exit_at_end: bool = False
+    spoilers: bool = True
+    """False (``--no-spoilers``): the widget's URL asks for spoiler-safe mode, and nothing
+    printed tells the race's length as run, its result or its winner."""
     out: TextIO = field(default=sys.stdout)
     progress: Progress = field(default_factory=Progress)
+
+    def __post_init__(self) -> None:
+        self.progress.spoilers = self.spoilers
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -157,7 +168,15 @@ class Demo:
             )
             ready = await _unless_stopped(_both(gateway_ready, projector_ready), stop)
             if ready is not None:
-                self.say(f"widget: http://{self.host}:{ready}/?race={self.race}")
+                safe = "" if self.spoilers else "&spoilers=off"
+                self.say(f"widget: http://{self.host}:{ready}/?race={self.race}{safe}")
+                if not url.startswith("memory:"):
+                    # The terminal screen needs the broker for its replay keys.
+                    self.say(
+                        f"terminal: chequered watch {self.race} --gateway"
+                        f" ws://{self.host}:{ready}/ws --broker {redacted(url)}"
+                        + ("" if self.spoilers else " --no-spoilers")
+                    )
                 async with connect(url, client_id=f"chequered-demo-watch-{tag}") as bus:
                     for leaf in (topics.STATUS, topics.EVENTS, topics.STANDINGS,
                                  topics.STANDINGS_DELTA):  # fmt: skip
@@ -186,7 +205,10 @@ class Demo:
                 f"race finished; the standings stopped at seq {progress.standings_seq} of {last}"
             )
             return 1
-        self.say(f"race finished; winner: {progress.winner or 'unknown'}")
+        if self.spoilers:
+            self.say(f"race finished; winner: {progress.winner or 'unknown'}")
+        else:
+            self.say("race finished (result not shown: --no-spoilers)")
         if not self.exit_at_end:
             self.say("serving until Ctrl-C")
             await stop.wait()

@@ -113,6 +113,12 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
     demo.add_argument("--exit-at-end", action="store_true", help="exit when the race ends")
+    demo.add_argument(
+        "--no-spoilers",
+        action="store_true",
+        help="spoiler-safe: the widget hides a result not watched arrive, and the progress "
+        "lines show no race length, result or winner",
+    )
     demo.set_defaults(handler=_demo)
 
 
@@ -445,7 +451,8 @@ def _demo(args: argparse.Namespace) -> int:
     race, events = load_timeline(args.race, seed=args.seed)
     address = broker_address(args, args.broker) if args.broker else None
     demo = Demo(race=race, events=events, speed=args.speed, address=address, url=args.broker,
-                host=args.host, port=args.port, exit_at_end=args.exit_at_end)  # fmt: skip
+                host=args.host, port=args.port, exit_at_end=args.exit_at_end,
+                spoilers=not args.no_spoilers)  # fmt: skip
     try:
         return _run(demo.run)
     except* mosquitto.MosquittoError as group:

@@ -68,6 +68,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("races", help="list the recordings in the replays folder")
     p.add_argument("--dir", help="folder of recordings (default: the replays folder)")
+    p.add_argument(
+        "--no-spoilers",
+        action="store_true",
+        help="leave out what tells how a race went (DATA, YELLOW), to replay one not yet seen",
+    )
     p.set_defaults(handler=run_races)
 
     p = sub.add_parser("validate", help="check recordings and explain every problem")
@@ -282,28 +287,32 @@ def run_races(args: argparse.Namespace) -> int:
             continue
         f = rec.facts
         started = len(rec.grid) if rec.grid else len(rec.entries)
-        rows.append(
-            [
-                path.stem,
-                f.session,
-                f.date or "-",
-                f"{f.circuit.name} {f.circuit.length_km:.3f} km",
-                _length(rec),
-                " ".join(rec.classes),
-                f"{len(rec.entries)}/{started}",
-                completeness(rec),
-                _yellow(rec),
-            ]
-        )
-    header = ["NAME", "SESSION", "DATE", "CIRCUIT", "LENGTH", "CLASSES", "CARS", "DATA", "YELLOW"]
+        row = [
+            path.stem,
+            f.session,
+            f.date or "-",
+            f"{f.circuit.name} {f.circuit.length_km:.3f} km",
+            _length(rec),
+            " ".join(rec.classes),
+            f"{len(rec.entries)}/{started}",
+        ]
+        # The laps recorded and the share under yellow tell how the race went.
+        rows.append(row if args.no_spoilers else [*row, completeness(rec), _yellow(rec)])
+    header = ["NAME", "SESSION", "DATE", "CIRCUIT", "LENGTH", "CLASSES", "CARS"]
+    if not args.no_spoilers:
+        header += ["DATA", "YELLOW"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    print("CARS: entered/started (qualifying: took part). DATA: classification rows by source.")
-    print(
-        "YELLOW: share of laps under yellow or red; synthesised races (seed 0) run as much"
-        " as their result needs (docs/TIMELINE.md)."
-    )
+    if args.no_spoilers:
+        print("CARS: entered/started (qualifying: took part). Results, laps and yellows hidden"
+              " (--no-spoilers).")  # fmt: skip
+    else:
+        print("CARS: entered/started (qualifying: took part). DATA: classification rows by source.")
+        print(
+            "YELLOW: share of laps under yellow or red; synthesised races (seed 0) run as much"
+            " as their result needs (docs/TIMELINE.md)."
+        )
     for message in bad:
         print(f"skipped {message}", file=sys.stderr)
     return 2 if bad else 0

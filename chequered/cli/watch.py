@@ -44,6 +44,12 @@ def register(subparsers: Any) -> None:
         "--broker",
         help="MQTT broker of the replay (mqtt://host:port): enables the control keys",
     )
+    p.add_argument(
+        "--no-spoilers",
+        action="store_true",
+        help="spoiler-safe: a race whose replay has already finished stays hidden until you "
+        "seek back or press r",
+    )
     p.add_argument("--ca-file", metavar="FILE", help="CA certificates for mqtts:// (PEM)")
     p.add_argument("--cert-file", metavar="FILE", help="client certificate for mqtts:// (PEM)")
     p.add_argument("--key-file", metavar="FILE", help="client key for mqtts:// (PEM)")
@@ -77,5 +83,5 @@ def run_watch(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(f"RACE {exc}") from None
     broker = broker_address(args) if args.broker else None
-    app = WatchApp(url, race, broker=broker, cls=cls)
+    app = WatchApp(url, race, broker=broker, cls=cls, spoilers=not args.no_spoilers)
     return app.run() or 0

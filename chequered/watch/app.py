@@ -55,6 +55,7 @@ HELP = """\
   [b]c[/b] / [b]C[/b]      next / previous class tab
   [b]0[/b]..[b]9[/b]       All, or the n-th class
   [b]m[/b]          show / hide the race-control messages
+  [b]r[/b]          show a result hidden by --no-spoilers
   [b]?[/b]          this help
   [b]q[/b]          quit
 
@@ -126,6 +127,7 @@ class WatchApp(App[int]):
         Binding("C", "next_class(-1)", "Prev class", show=False),
         *(Binding(str(n), f"class_at({n})", show=False) for n in range(10)),
         Binding("m", "toggle_feed", "Messages"),
+        Binding("r", "reveal", "Show result", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
@@ -138,12 +140,13 @@ class WatchApp(App[int]):
         broker: BrokerAddress | str | None = None,
         cls: str | None = None,
         settings: WatchSettings | None = None,
+        spoilers: bool = True,
     ) -> None:
         super().__init__()
         self.gateway = gateway
         self.broker = broker
         self.settings = settings or WatchSettings()
-        self.board = Board(race=race)
+        self.board = Board(race=race, spoiler_safe=not spoilers)
         self.cls: str | None = cls
         self.controller: Controller | None = None
         self.control_line = ""
@@ -154,6 +157,8 @@ class WatchApp(App[int]):
         self._cells: dict[str, list[Text]] = {}
         self.redraws = 0
         """How many times the table was drawn (for tests: the screen keeps up)."""
+        self.drawn_notice = ""
+        """The line last drawn above the table."""
 
     # -- layout -------------------------------------------------------------------
 
@@ -239,7 +244,7 @@ class WatchApp(App[int]):
         for name in view.FLAG_TEXT:
             flag.set_class(head.flag == name, f"-{name}")
         message = self.query_one("#message", Static)
-        text = board.message or self._empty_text()
+        text = self.drawn_notice = self.notice()
         message.update(text)
         message.set_class(not text, "-empty")
         self.query_one("#controls", Static).update(self.control_line)
@@ -261,6 +266,11 @@ class WatchApp(App[int]):
         self.query_one("#feed-body", Static).update(body)
 
     def _empty_text(self) -> str:
+        if self.board.covered:
+            return (
+                "Spoiler-safe: the replay of this race has already finished, so the board would"
+                " show the result. Seek back to watch it (Home), or press r to show it now."
+            )
         snap = self.board.snapshot
         if (
             snap is not None
@@ -323,6 +333,10 @@ class WatchApp(App[int]):
         """The cars in the table, top to bottom, as drawn."""
         return list(self._shown)
 
+    def notice(self) -> str:
+        """The line above the table: why there is no board, or what went wrong."""
+        return self.board.message or self._empty_text()
+
     def cell(self, car: str, key: str) -> str:
         """The text of one drawn cell."""
         table: DataTable[Text] = self.query_one("#board", DataTable)
@@ -382,6 +396,10 @@ class WatchApp(App[int]):
         ids = self._tab_ids()
         if n < len(ids):
             self.query_one("#tabs", Tabs).active = ids[n]
+
+    def action_reveal(self) -> None:
+        self.board.revealed = True
+        self._dirty = True
 
     def action_toggle_feed(self) -> None:
         self.query_one("#feed").toggle_class("-hidden")

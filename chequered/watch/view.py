@@ -84,6 +84,24 @@ class Board:
     """How many times a delta did not chain and the screen subscribed again."""
     message: str = ""
     """One line for the screen: why it shows no board, or what went wrong."""
+    spoiler_safe: bool = False
+    """Hide a final board the viewer did not watch arrive (``--no-spoilers``)."""
+    saw_running: bool = False
+    """A board of this race not yet final was seen: its finish came while watched."""
+    revealed: bool = False
+    """The viewer asked to see the result anyway."""
+
+    @property
+    def covered(self) -> bool:
+        """Spoiler-safe and the board final, but its result not watched arrive."""
+        snap = self.snapshot
+        return (
+            self.spoiler_safe
+            and snap is not None
+            and snap.session.finished
+            and not self.saw_running
+            and not self.revealed
+        )
 
     def on_frame(self, text: str | bytes) -> Outcome:
         """Take one frame from the gateway; ``gap`` asks the shell to subscribe again."""
@@ -122,6 +140,7 @@ class Board:
         # A snapshot replaces the board whatever its seq: the gateway sends a lower one
         # only when the race was started again.
         self.snapshot = snap
+        self.saw_running = self.saw_running or not snap.session.finished
         self.resyncing = False
         self.connection = "live"
         self.message = ""
@@ -138,6 +157,7 @@ class Board:
             self.snapshot = apply_delta(self.snapshot, delta)
         except SeqMismatch:
             return self._gap()
+        self.saw_running = self.saw_running or not self.snapshot.session.finished
         return "applied"
 
     def _gap(self) -> Outcome:
@@ -220,6 +240,13 @@ def header(board: Board) -> Header:
             board.race or "chequered", conn, "", "", clock(None), clock(None), "-", "-", False
         )
     session = snap.session
+    if board.covered:
+        # The laps run, the clock at the end and the flag would tell how the race ended.
+        replay = speed_text(board.status.speed if board.status else session.speed)
+        return Header(
+            session.name or snap.race, conn, "", "SPOILER-SAFE", clock(None), clock(None),
+            "-", replay, False,
+        )  # fmt: skip
     flag = "chequered" if session.finished else session.flag
     if session.remaining_ms is not None:
         remaining = clock(session.remaining_ms)
@@ -277,7 +304,7 @@ class Row:
 def rows(board: Board, cls: str | None = None) -> list[Row]:
     """The table for the overall board, or one class's (gaps then to the class leader)."""
     snap = board.snapshot
-    if snap is None:
+    if snap is None or board.covered:
         return []
     fastest = snap.session.fastest
     overall = min(fastest.values(), key=lambda f: f.lap_ms, default=None)
@@ -360,7 +387,7 @@ class Message:
 def messages(board: Board) -> list[Message]:
     """The race-control messages the board holds, newest first."""
     snap = board.snapshot
-    if snap is None:
+    if snap is None or board.covered:
         return []
     out = []
     for message in reversed(snap.messages):

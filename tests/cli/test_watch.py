@@ -193,6 +193,27 @@ def test_status_errors_and_other_races_frames() -> None:
     assert view.rows(b), "the last board stays on screen while reconnecting"
 
 
+def test_spoiler_safe_hides_a_final_board_not_watched_arrive() -> None:
+    final = snapshot(seq=9, finished=True, flag="chequered")
+    b = Board(race="hand", spoiler_safe=True)
+    b.on_frame(frame(final))
+    assert b.covered and view.rows(b) == [] and view.messages(b) == []
+    head = view.header(b)
+    assert (head.lap, head.clock, head.flag_text) == ("-", "--:--:--", "SPOILER-SAFE")
+    b.revealed = True
+    assert [r.car for r in view.rows(b)] == ["1", "2", "7", "8"]
+    # Watched running, the finish shows when it comes.
+    watched = Board(race="hand", spoiler_safe=True)
+    watched.on_frame(frame(snapshot(seq=8)))
+    finish = board.Delta(race="hand", seq=9, prev_seq=8, session=final.session)
+    assert watched.on_frame(frame(finish)) == "applied"
+    assert not watched.covered and view.header(watched).flag_text == "CHEQUERED FLAG"
+    # Not spoiler-safe: nothing is hidden.
+    plain = Board(race="hand")
+    plain.on_frame(frame(final))
+    assert not plain.covered and view.rows(plain)
+
+
 def test_speed_steps_and_gateway_urls() -> None:
     assert step_speed(60.0, up=True) == 120.0
     assert step_speed(60.0, up=False) == 30.0
@@ -276,6 +297,28 @@ async def test_the_screen_watches_without_a_broker_and_reconnects(
             await until(lambda: view.header(app.board).connection == "RECONNECTING…", 5, "said")
             async with running_gateway(module_mosquitto.url, port=port):
                 await until(lambda: app.board.connection == "live", 30, "live again")
+            await pilot.press("q")
+
+
+async def test_the_screen_without_spoilers_covers_a_finished_race(
+    module_mosquitto: Mosquitto,
+) -> None:
+    from chequered.watch.app import WatchApp
+
+    snap = msgspec_replace(snapshot(finished=True, flag="chequered"), race="wt-done")
+    async with bus.connect(module_mosquitto.url) as pub:
+        await pub.publish(
+            topics.topic("wt-done", topics.STANDINGS), board.encode(snap), retain=True
+        )
+    async with running_gateway(module_mosquitto.url) as (gateway, port):
+        await until(lambda: "wt-done" in gateway.races, 10, "the retained snapshot")
+        app = WatchApp(f"ws://127.0.0.1:{port}/ws", "wt-done", spoilers=False)
+        async with app.run_test(size=(150, 40)) as pilot:
+            await until(lambda: app.board.snapshot is not None, 10, "the board")
+            await until(lambda: "Spoiler-safe" in app.drawn_notice, 5, "the cover drawn")
+            assert app.shown_cars() == [] and app.feed_lines() == []
+            await pilot.press("r")
+            await until(lambda: app.shown_cars() == ["1", "2", "7", "8"], 5, "the result")
             await pilot.press("q")
 
 
