@@ -27,6 +27,8 @@ from chequered.contract.injected import FAULT_KINDS, FaultKind, Injected
 MAX_REORDER_WINDOW = 64
 """Longest reorder window: a held message waits behind at most this many others, and
 the producer's window of publishes in flight (64) is what a broker can reorder."""
+MAX_HOLD_S = 3600.0
+"""Longest burst or stall: a feed held longer is a feed that is gone."""
 MALFORMED_MAX_BYTES = 1024
 """A truncated payload keeps at most this many bytes of the message it was cut from."""
 PROTECTED_KINDS = frozenset({"session_open", "reset", "session_close"})
@@ -75,8 +77,10 @@ class FaultRates:
                 f"--reorder-window {self.reorder_window}: give 1 to {MAX_REORDER_WINDOW}"
             )
         for name in ("burst_s", "stall_s"):
-            if not 0.0 < getattr(self, name) <= 3600.0:
-                raise FaultError(f"--{name.replace('_', '-')}: give seconds, above 0, to 3600")
+            if not 0.0 < getattr(self, name) <= MAX_HOLD_S:
+                raise FaultError(
+                    f"--{name.replace('_', '-')}: give seconds, above 0, to {MAX_HOLD_S:g}"
+                )
         if self.max_seeks < 0:
             raise FaultError(f"--max-seeks {self.max_seeks}: must not be negative")
 

@@ -47,6 +47,8 @@ class HostileBus:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         self._publishes: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        """Set by the producer's offline status (a clean stop): a hold ends at once."""
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
@@ -55,6 +57,8 @@ class HostileBus:
             outgoing = self.injector.message(payload, time.time())
         elif topic == self._status:
             outgoing = [Outgoing(topics.STATUS, self._with_counts(payload), original=True)]
+            if b'"state":"offline"' in outgoing[0].payload:
+                self._stopping.set()  # a stopping producer is not kept waiting by a stall
         else:
             await self.inner.publish(topic, payload, qos=qos, retain=retain)
             return
@@ -97,9 +101,10 @@ class HostileBus:
             item = await self._queue.get()
             original: asyncio.Task[None] | None = None
             for out in item.outgoing:
-                if out.pause_s:
+                if out.pause_s and not self._stopping.is_set():
                     _log.info("hostile.hold", race=race, seconds=out.pause_s)
-                    await asyncio.sleep(out.pause_s)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), out.pause_s)
                 if not out.payload:
                     continue  # the original was dropped or is held back: nothing to publish
                 retain = item.retain if out.original else False

@@ -127,6 +127,19 @@ async def test_a_stall_holds_the_status_behind_the_events_and_the_status_counts_
     assert counted is not None and counted["stall"] == 1
 
 
+async def test_a_clean_stop_ends_a_stall_at_once() -> None:
+    inner = RecordingBus()
+    injector = Injector(RACE, FaultRates(seed=1, stall=1.0, stall_s=3600.0))
+    events, status_topic = topics.topic(RACE, topics.EVENTS), topics.topic(RACE, topics.STATUS)
+    offline = control.encode(Status(race=RACE, state="offline"))
+    async with hostile(inner, injector) as bus:
+        stalled = asyncio.create_task(bus.publish(events, payloads()[2]))
+        await until(lambda: injector.counts["stall"] == 1, 5, "the stall begun")
+        goodbye = asyncio.create_task(bus.publish(status_topic, offline, retain=True))
+        await until(lambda: stalled.done() and goodbye.done(), 5, "the stall cut short")
+    assert [t for t, _, _ in inner.wire][-2:] == [events, status_topic]
+
+
 async def test_without_an_injector_the_bus_is_the_broker_itself() -> None:
     inner = RecordingBus()
     async with hostile(inner, None) as bus:
