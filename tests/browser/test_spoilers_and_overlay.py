@@ -72,7 +72,10 @@ def standings(race: str, seq: int, *, finished: bool) -> board.Snapshot:
         t_ms=9_720_000, remaining_ms=0 if finished else 60_000, finished=finished,
         flag="chequered" if finished else "green",
     )  # fmt: skip
-    return board.Snapshot(race=race, seq=seq, session=session, cars=rows)
+    message = board.RaceMessage(
+        seq=seq - 1, t_ms=9_700_000, lap=117, category="retirement", text="#9 retires"
+    )
+    return board.Snapshot(race=race, seq=seq, session=session, cars=rows, messages=[message])
 
 
 async def publish(pub: bus.Bus, snap: board.Snapshot, state: control.ProducerState) -> None:
@@ -126,6 +129,7 @@ async def test_spoiler_safe_hides_a_result_not_watched(module_mosquitto: Mosquit
             await expect(page.locator(f"{BOARD} .lap")).to_have_text("-")
             await expect(page.locator(f"{BOARD} .clock")).to_have_text("--:--:--")
             await expect(page.locator(f"{BOARD} .flag")).to_have_text("SPOILER-SAFE")
+            await expect(page.locator(f"{BOARD} .rc")).to_be_hidden()
             await expect(page).to_have_title("Race sp-done · chequered")
             await expect(picker).to_have_text("Race sp-done")
             charts = page.locator("live-charts")
@@ -191,6 +195,11 @@ async def test_compact_overlay_shows_the_top_of_a_class_in_big_type(
             await expect(page.locator(".bar")).to_be_hidden()
             await expect(page.locator(f"{BOARD} .tabs")).to_be_hidden()
             await expect(page.locator("live-charts")).to_have_count(0)
+            # An overlay has no room for the message feed, the clock or the yellow share.
+            await expect(element).to_have_attribute("data-messages", "1")
+            await expect(page.locator(f"{BOARD} .rc")).to_be_hidden()
+            await expect(page.locator(f"{BOARD} .clock")).to_be_hidden()
+            await expect(page.locator(f"{BOARD} .yellow")).to_be_hidden()
             size = await first.locator("td[data-col='driver']").evaluate(
                 "td => getComputedStyle(td).fontSize"
             )
