@@ -1026,7 +1026,7 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
         if config.faults is not None:
             # The truth the clients' loss figures are to be read against.
             report["injected"] = producer.latest("injected") or {}
-        report["load_curve"] = agg.load_curve(stepped=config.ramp_s > 0)
+        report["load_curve"] = agg.load_curve(stepped=config.ramp_s > 0, until_s=run_s)
         if not own:
             # Nothing of ours folded the events: the projector's figures are unknown.
             report["events"]["folded"] = report["events"]["folded_per_s"] = None

@@ -372,13 +372,18 @@ class Aggregate:
             )
         return rows
 
-    def load_curve(self, *, stepped: bool) -> list[dict[str, float | int]]:
+    def load_curve(
+        self, *, stepped: bool, until_s: float | None = None
+    ) -> list[dict[str, float | int]]:
         """Throughput and latency against offered load: one point per step of a ramp
         (the intervals with the same number of races running merged), else one per
-        interval; in order of offered events per second."""
+        interval; in order of offered events per second. ``until_s`` leaves out the
+        intervals that begin after it (the drain, when nothing is offered any more)."""
         groups: dict[int, list[Interval]] = {}
         for index in sorted(self.intervals):
             slot = self.intervals[index]
+            if until_s is not None and slot.t - self.interval_s >= until_s:
+                continue
             groups.setdefault(slot.races if stepped else index, []).append(slot)
         points: list[dict[str, float | int]] = []
         for slots in groups.values():
