@@ -100,6 +100,10 @@ def test_a_crash_note_against_the_result_is_not_placed() -> None:
     assert [(i.kind, i.car) for i in reading.incidents] == [("crash", "13")]
     [unused] = reading.unused
     assert "classified as running" in unused.reason
+    # A race run to a lap count has no time left to place a crash at.
+    laps = msgspec.structs.replace(small_recording(laps=40, red=False), notes=rec.notes)
+    assert not incidents.read(laps).incidents
+    assert any("lap count" in u.reason for u in incidents.read(laps).unused)
 
 
 # -- Baltimore, every seed ----------------------------------------------------------------
