@@ -313,3 +313,26 @@ async def test_metrics_stay_off_the_public_port(mosquitto: Mosquitto) -> None:
         assert health[0] == 200 and json.loads(health[2])["broker_connected"] is True
         assert (await asyncio.to_thread(_http, gw.metrics_port, "/ws"))[0] == 404
         assert (await asyncio.to_thread(_http, gw.metrics_port, "/metrics", "POST"))[0] == 405
+
+
+async def test_only_the_widgets_files_are_served_and_nothing_is_compressed(
+    mosquitto: Mosquitto,
+) -> None:
+    async with gateway(mosquitto) as (_gw, port):
+        for path in (
+            "/../../etc/passwd",
+            "/%2e%2e/%2e%2e/etc/passwd",
+            "/..%2f..%2fetc%2fpasswd",
+            "/leaderboard.js%00.html",
+            "/leaderboard.js/.",
+            "//etc/passwd",
+            "/web/index.html",
+            "/server.py",
+        ):
+            status, _, body = await asyncio.to_thread(_http, port, path)
+            assert status == 404, path
+            assert b"root:" not in body and b"import" not in body
+        # A client offering permessage-deflate gets a plain connection (no compression
+        # oracle, and frames the fan-out can share between clients).
+        async with connect(f"ws://127.0.0.1:{port}/ws", compression="deflate") as ws:
+            assert ws.protocol.extensions == []
