@@ -107,8 +107,9 @@ class Core:
             topic, payload = topics.topic(ticker.race, topics.STANDINGS_DELTA), board.encode(delta)
             retained = False
         else:
-            topic, payload = topics.topic(ticker.race, topics.STANDINGS), board.encode(
-                ticker.snapshot()
+            topic, payload = (
+                topics.topic(ticker.race, topics.STANDINGS),
+                board.encode(ticker.snapshot()),
             )
         self.races.on_message(topic, payload, retained=retained, now=self.now)
 
@@ -354,9 +355,7 @@ def test_frames_go_straight_to_the_socket_while_it_has_room() -> None:
 
 def test_connections_are_counted_per_address_and_in_all_when_accepted() -> None:
     counts = Counts()
-    admission = Admission(
-        GatewaySettings(max_connections_per_address=2, max_clients=3), counts
-    )
+    admission = Admission(GatewaySettings(max_connections_per_address=2, max_clients=3), counts)
     assert admission.accept("a1", "192.0.2.1") is None
     assert admission.accept("a2", "192.0.2.1") is None
     refused = admission.accept("a3", "192.0.2.1")
