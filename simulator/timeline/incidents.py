@@ -113,9 +113,9 @@ def read(recording: Recording) -> Reading:
         for r in recording.classification
         if r.number is not None and r.status in ("classified", "not_classified", "disqualified")
     }
-    timed = recording.facts.length.duration_s is not None
+    duration_s = recording.facts.length.duration_s
     for i, note in enumerate(recording.notes):
-        found = _incident(i, note, race, red_on_opening_lap, out_on_lap_0, running, timed)
+        found = _incident(i, note, race, red_on_opening_lap, out_on_lap_0, running, duration_s)
         if isinstance(found, Unused):
             told = _told(i, note)
             if told is not None:
@@ -134,7 +134,7 @@ def _incident(
     red_on_opening_lap: bool,
     out_on_lap_0: set[str],
     running: set[str],
-    timed: bool,
+    duration_s: int | None,
 ) -> list[Incident] | Unused:
     text = note.text
     if not race or note.table != "race" or note.effect != "info":
@@ -167,8 +167,10 @@ def _incident(
     if minutes and _CRASH.search(text):
         if car in running:
             return Unused(i, f"#{car} is classified as running at the flag, not out in a crash")
-        if not timed:
+        if duration_s is None:
             return Unused(i, "a race run to a lap count has no clock to count minutes left on")
+        if float(minutes.group(1)) * 60 >= duration_s:
+            return Unused(i, "more minutes left than the race is long")
         return [Incident("crash", car, i, text, prov, minutes_left=float(minutes.group(1)))]
     if _OPENING.search(text) and _ELIMINATED.search(text):
         if not red_on_opening_lap and not (set(note.cars) & out_on_lap_0):

@@ -822,9 +822,9 @@ def _crash_yellows(
 ) -> bool:
     """Add to ``fixed`` the yellow of each crash the notes time ("with 19 minutes left").
 
-    The car stops there; the yellow starts as it does. A crash that would fall
-    inside another neutralisation, or outside the race, is left out (the note
-    is then told by nothing but its retirement). Returns whether one was added.
+    The car stops there; the yellow starts as it does. A crash that falls inside
+    another neutralisation (or a minute from one) stops the car with no yellow
+    of its own. Returns whether a yellow was added.
     """
     added = False
     for incident in notes.of("crash"):
@@ -834,12 +834,14 @@ def _crash_yellows(
         start_ms = end_ms - incident.minutes_left * 60_000
         if start_ms <= 0 or start_ms >= end_ms:
             continue
+        car.crash = incident
+        car.crash_ms = start_ms
         length = rng.uniform(*cs.incident_yellow_s) * 1000
         end = max(
             start_ms + 60_000, min(start_ms + length, end_ms - cs.incident_green_after_s * 1000)
         )
         if any(p.start - 60_000 < end and start_ms < p.end + 60_000 for p in fixed):
-            continue
+            continue  # the race is neutralised already: the car stops, no new yellow
         fixed.append(
             Neutral(
                 "fcy",
@@ -850,8 +852,6 @@ def _crash_yellows(
                 provenance=incident.provenance,
             )
         )
-        car.crash = incident
-        car.crash_ms = start_ms
         added = True
     return added
 
