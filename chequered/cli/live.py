@@ -286,9 +286,11 @@ def add_fault_options(parser: argparse.ArgumentParser, *, record_file: bool = Tr
         ("--burst-s", float, d.burst_s, "seconds a burst holds the feed"),
         ("--stall-s", float, d.stall_s, "seconds a stall lasts"),
         ("--max-seeks", int, d.max_seeks, "backward seeks per race at most"),
+        ("--max-faults", int, d.max_faults, "faults per race at most, then an honest feed"),
     )
     for flag, kind, default, what in settings:
-        group.add_argument(flag, type=kind, default=default, help=f"{what} (default {default})")
+        shown = "no limit" if default is None else default
+        group.add_argument(flag, type=kind, default=default, help=f"{what} (default {shown})")
     if not record_file:
         return
     group.add_argument(
@@ -315,6 +317,7 @@ def fault_rates(args: argparse.Namespace) -> FaultRates | None:
             reorder=args.reorder, reorder_window=args.reorder_window, burst=args.burst,
             burst_s=args.burst_s, stall=args.stall, stall_s=args.stall_s,
             seek_back=args.seek_back, max_seeks=args.max_seeks, malformed=args.malformed,
+            max_faults=args.max_faults,
         )  # fmt: skip
     except FaultError as exc:
         raise UserError(str(exc)) from None

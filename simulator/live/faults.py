@@ -66,6 +66,10 @@ class FaultRates:
     """Backward seeks injected per race at most: each one replays the race from its start."""
     malformed: float = 0.0
     """A malformed payload is published on the events topic before the message."""
+    max_faults: int | None = None
+    """Faults decided per race at most, then the feed is honest (a message held back
+    still goes late): a consumer that recovers by asking for a resend can then end
+    exact, where a feed hostile for ever would keep it replaying. None: no end."""
 
     def __post_init__(self) -> None:
         for kind in FAULT_KINDS:
@@ -83,6 +87,8 @@ class FaultRates:
                 )
         if self.max_seeks < 0:
             raise FaultError(f"--max-seeks {self.max_seeks}: must not be negative")
+        if self.max_faults is not None and self.max_faults < 0:
+            raise FaultError(f"--max-faults {self.max_faults}: must not be negative")
 
     @property
     def active(self) -> bool:
@@ -108,7 +114,8 @@ class Expected:
     below it, counts from the stream as published (ours does: consumers.standings)."""
 
     gaps: int = 0
-    """Seqs skipped over (dropped, or not yet arrived when a later one did)."""
+    """Seqs skipped over (dropped, or not yet arrived when a later one did). A skip that
+    ends at a ``reset`` is not counted: the reset replaces what was missed."""
     gap_events: int = 0
     """Events that arrived after a skip: the times a gap was found."""
     duplicates: int = 0
@@ -116,6 +123,9 @@ class Expected:
     malformed: int = 0
     """Payloads on the events topic that are not messages of the contract."""
     resets: int = 0
+    session_gaps: int = 0
+    """Of ``gaps``, those since the session last opened (a reset opens it again): what a
+    board of the race shows (``session.gaps`` of our standings)."""
 
 
 class _Probe(msgspec.Struct):
@@ -175,7 +185,9 @@ class Injector:
         draws = {kind: rng.random() for kind in FAULT_KINDS}
         extra = rng.random()
         out: list[Outgoing] = []
-        if kinds & PROTECTED_KINDS or n == 0:
+        decided = len(self.record) + len(self._held)  # a held message is labelled late
+        spent = rates.max_faults is not None and decided >= rates.max_faults
+        if kinds & PROTECTED_KINDS or n == 0 or spent:
             out.append(Outgoing(topics.EVENTS, payload, original=True))
             self._closed = self._closed or "session_close" in kinds
             out += self._released(now, everything="session_close" in kinds)
@@ -241,6 +253,7 @@ class Injector:
                 "duplicates": e.duplicates,
                 "malformed": e.malformed,
                 "resets": e.resets,
+                "session_gaps": e.session_gaps,
             },
             "last_seq": self.high,
         }
@@ -295,13 +308,15 @@ class Injector:
                 e.malformed += 1
                 continue
             for seq, kind in seqs:
-                if kind == "reset":
-                    e.resets += 1
                 if seq <= self.high:
                     e.duplicates += 1
                     continue
-                if self.high and seq > self.high + 1:
+                if kind in ("reset", "session_open"):
+                    e.resets += kind == "reset"
+                    e.session_gaps = 0
+                elif self.high and seq > self.high + 1:
                     e.gaps += seq - self.high - 1
+                    e.session_gaps += seq - self.high - 1
                     e.gap_events += 1
                 self.high = seq
         return result

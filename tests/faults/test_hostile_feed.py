@@ -7,14 +7,19 @@ standings end in the official classification; its counters equal what the
 injector's record says a consumer that keeps the highest seq must count; the
 labels on the injected topic and the producer's last status tell the same story.
 
-Drops are checked against the counters only: the projector has no resend path,
-and the classification the session closes with fills in the laps it lost.
+First with the projector's resend on a gap turned off (where it has one): drops
+are then checked against the counters, and the classification the session
+closes with fills in the laps they cost. Then with it on and one message lost
+(dropped, or sent too late): the projector asks for the race again, and the
+replay, clean, ends on the exact board of a clean fold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -23,10 +28,11 @@ import pytest
 from broker.bus import connect
 from broker.mosquitto import Mosquitto
 from chequered.cli.live import load_timeline
-from chequered.contract import control, topics
+from chequered.contract import board, control, topics
 from chequered.contract.injected import Injected
 from consumers.metrics import Registry
-from consumers.projector.service import run_projector
+from consumers.projector.service import ProjectorSettings, run_projector
+from consumers.standings.fold import Standings, snapshot
 from simulator.live.faults import FaultRates, Injector
 from simulator.live.outbox import ProducerSettings
 from simulator.live.producer import ReplaySpec, run_producer
@@ -44,13 +50,31 @@ RATES = FaultRates(
 SETTINGS = ProducerSettings(max_batch_events=10)
 """Small messages, flat out: some hundreds of messages for the faults to fall on."""
 WAIT_S = 120.0
+RESEND = "resend_on_gap" in {f.name for f in dataclasses.fields(ProjectorSettings)}
+"""Whether the projector asks a producer to send a race again after a gap."""
 
 
-async def test_the_projector_ends_official_with_every_injected_fault_counted(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
+def projector_settings(*, resend: bool) -> ProjectorSettings:
+    return ProjectorSettings(resend_on_gap=resend) if RESEND else ProjectorSettings()  # type: ignore[call-arg, unused-ignore]
+
+
+@dataclass
+class Run:
+    injector: Injector
+    counters: dict[str, float]
+    final: board.Snapshot
+    labels: list[Injected]
+    statuses: list[control.Status]
+    last_status: control.Status | None
+    events_seen: Observer
+
+
+async def replay_to_projector(
+    url: str, tmp_path: Path, rates: FaultRates, settings: ProjectorSettings
+) -> Run:
+    """Replay the race with ``rates`` to a projector until both are done with it."""
     race, timeline = load_timeline(RECORDING, seed=1)
-    injector = Injector(race, RATES)
+    injector = Injector(race, rates)
     statuses: list[control.Status] = []
     labels: list[Injected] = []
     registry = Registry("chequered_projector")
@@ -58,15 +82,15 @@ async def test_the_projector_ends_official_with_every_injected_fault_counted(
     ready = asyncio.Event()
 
     async def collect_labels() -> None:
-        async with connect(mosquitto.url, client_id="label-reader") as bus:
+        async with connect(url, client_id="label-reader") as bus:
             await bus.subscribe(topics.topic(race, topics.INJECTED), qos=1)
             async for message in bus.messages():
                 labels.append(msgspec.json.decode(message.payload, type=Injected))
 
-    witness = Observer(mosquitto.url, race)
+    witness = Observer(url, race)
     projector = asyncio.create_task(
-        run_projector(mosquitto.url, checkpoint_dir=tmp_path / "ckpt", client_id="hostile-proj",
-                      stop=stop_projector, ready=ready, registry=registry)
+        run_projector(url, checkpoint_dir=tmp_path / "ckpt", client_id="hostile-proj",
+                      stop=stop_projector, ready=ready, registry=registry, settings=settings)
     )  # fmt: skip
     reader = asyncio.create_task(collect_labels())
     producer: asyncio.Task[None] | None = None
@@ -75,23 +99,23 @@ async def test_the_projector_ends_official_with_every_injected_fault_counted(
             await until(lambda: witness.connects and ready.is_set(), 10, "projector and witness")
             spec = ReplaySpec(race, timeline, speed=None, faults=injector)
             producer = asyncio.create_task(
-                run_producer(mosquitto.url, [spec], stop=stop_producer, settings=SETTINGS,
+                run_producer(url, [spec], stop=stop_producer, settings=SETTINGS,
                              on_status=statuses.append)
             )  # fmt: skip
 
             def done() -> bool:
                 last = statuses[-1] if statuses else None
-                seeks = injector.counts["seek_back"]
-                answered = sum(1 for s in statuses if s.reply and s.reply.cmd == "seek")
+                asked = injector.counts["seek_back"] + registry.values().get("resends", 0)
+                answered = sum(1 for s in statuses if s.reply and s.reply.cmd != "pause")
+                e = injector.expected
                 return (
                     last is not None
                     and last.state == "finished"
-                    and answered == seeks
+                    and answered == asked
                     and injector.held == 0
                     and witness.retained is not None
                     and witness.retained.seq == injector.high
-                    and registry.values().get("dead_letters", 0)
-                    >= injector.expected.malformed + injector.expected.gap_events
+                    and registry.values().get("dead_letters", 0) >= e.malformed + e.gap_events
                 )
 
             await until(done, WAIT_S, "the race finished and folded to its last seq")
@@ -100,6 +124,7 @@ async def test_the_projector_ends_official_with_every_injected_fault_counted(
             stop_producer.set()
             await producer
             await until(lambda: len(labels) == len(injector.record), 10, "every label")
+            last_status = witness.status
     finally:
         stop_projector.set()
         stop_producer.set()
@@ -110,27 +135,66 @@ async def test_the_projector_ends_official_with_every_injected_fault_counted(
                     await asyncio.wait_for(task, 10)
         with contextlib.suppress(asyncio.CancelledError):
             await reader
+    assert final is not None
+    return Run(injector, counters, final, labels, statuses, last_status, witness)
 
-    # Every kind of fault happened, and the seek replayed the race from its start.
-    assert all(injector.counts[k] > 0 for k in injector.counts), injector.counts
-    expected = injector.expected
-    assert expected.resets == injector.counts["seek_back"] == 1
-    assert expected.gaps > 0 and expected.duplicates > 0 and expected.malformed > 0
-    # The projector ends in the official classification ...
-    assert final is not None and final.session.finished
-    check_against_classification(final, RECORDING)
-    # ... having counted every fault as the record says it must.
+
+def check_counted(run: Run) -> None:
+    """The projector's counters are what the record says a seq-keeping consumer counts."""
+    expected, counters = run.injector.expected, run.counters
     assert counters["gaps"] == expected.gaps
     assert counters["duplicates"] == expected.duplicates
     assert counters["resets"] == expected.resets
     # Our projector dead-letters each malformed payload and the first event after a gap.
     assert counters["dead_letters"] == expected.malformed + expected.gap_events
+    # Its board shows the seqs missed since the race last opened (a reset reopens it).
+    assert run.final.session.gaps == expected.session_gaps
     # The side topic carried the record as it happened; the last status has the counts.
-    assert labels == injector.record
-    malformed = [label for label in labels if label.fault == "malformed"]
+    assert run.labels == run.injector.record
+    assert run.last_status is not None
+    assert run.last_status.injected == {k: v for k, v in run.injector.counts.items() if v}
+
+
+async def test_the_projector_ends_official_with_every_injected_fault_counted(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    run = await replay_to_projector(
+        mosquitto.url, tmp_path, RATES, projector_settings(resend=False)
+    )
+    injector, expected = run.injector, run.injector.expected
+    # Every kind of fault happened, and the seek replayed the race from its start.
+    assert all(injector.counts[k] > 0 for k in injector.counts), injector.counts
+    assert expected.resets == injector.counts["seek_back"] == 1
+    assert expected.gaps > 0 and expected.duplicates > 0 and expected.malformed > 0
+    # The projector ends in the official classification ...
+    assert run.final.session.finished
+    check_against_classification(run.final, RECORDING)
+    # ... having counted every fault as the record says it must.
+    check_counted(run)
+    malformed = [label for label in run.labels if label.fault == "malformed"]
     assert len(malformed) == expected.malformed and all(label.payload for label in malformed)
-    live = [s for s in statuses if s.state != "offline"]
-    assert witness.status is not None and witness.status.injected == {
-        k: v for k, v in injector.counts.items() if v
-    }
-    assert live
+
+
+@pytest.mark.skipif(not RESEND, reason="the projector has no resend on a gap")
+@pytest.mark.parametrize("fault", ["drop", "reorder"])
+async def test_the_projector_recovers_a_lost_message_by_asking_for_the_race_again(
+    mosquitto: Mosquitto, tmp_path: Path, fault: str
+) -> None:
+    # One fault: the replay the projector asks for then comes through clean.
+    rates = FaultRates(seed=7, max_faults=1, **{fault: 0.05})  # type: ignore[arg-type]
+    run = await replay_to_projector(mosquitto.url, tmp_path, rates, projector_settings(resend=True))
+    injector = run.injector
+    assert injector.counts[fault] == 1 and len(injector.record) == 1
+    assert run.counters["resends"] == injector.expected.resets == 1
+    check_counted(run)
+    # The board is exactly a clean fold's: nothing missing since the replay.
+    assert run.final.session.gaps == 0
+    race, timeline = load_timeline(RECORDING, seed=1)
+    clean = Standings()
+    for event in timeline:
+        clean.step(event)
+    reference = snapshot(clean.races[race])
+    assert [(c.car, c.laps, c.position) for c in run.final.cars] == [
+        (c.car, c.laps, c.position) for c in reference.cars
+    ]
+    check_against_classification(run.final, RECORDING)

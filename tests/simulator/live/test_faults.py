@@ -161,6 +161,16 @@ def test_the_session_open_reset_and_close_are_never_touched() -> None:
     assert injector.counts["drop"] == len(payloads) - len(kept)
 
 
+def test_after_max_faults_the_feed_is_honest() -> None:
+    payloads = messages(stamped())
+    rates = FaultRates(seed=9, drop=0.3, reorder=0.3, duplicate=0.3, max_faults=5)
+    injector, out = run(rates, payloads)
+    assert len(injector.record) == 5
+    last = max(r.last_seq or 0 for r in injector.record if r.fault != "reorder")
+    tail = [p for p in events_out(out) if seqs([p]) and seqs([p])[0] > last + 10]
+    assert tail == [p for p in payloads if seqs([p])[0] > last + 10]
+
+
 def test_a_batch_is_one_message_with_all_its_seqs() -> None:
     events = stamped()
     batch = (b'{"kind":"batch","race":"%s","events":[' % RACE.encode()
@@ -175,7 +185,8 @@ def test_a_batch_is_one_message_with_all_its_seqs() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "flag"),
     [({"drop": 1.5}, "--drop"), ({"seek_back": -0.1}, "--seek-back"),
-     ({"reorder_window": 0}, "--reorder-window"), ({"stall_s": 0}, "--stall-s")],
+     ({"reorder_window": 0}, "--reorder-window"), ({"stall_s": 0}, "--stall-s"),
+     ({"max_faults": -1}, "--max-faults")],
 )  # fmt: skip
 def test_rates_out_of_range_name_the_setting(kwargs: dict[str, float], flag: str) -> None:
     with pytest.raises(FaultError, match=flag):
