@@ -56,6 +56,10 @@ class CarRow(Struct, kw_only=True, omit_defaults=True):
     status: CarStatus = "running"
     result: ResultStatus | None = None
     """Official classification status, once the session has closed."""
+    penalty: str | None = None
+    """The car's penalty as its row shows it (``+23 s``, ``points forfeited``, ``DSQ``)."""
+    penalty_ms: int | None = None
+    """Time added to the car's race time by a penalty."""
 
 
 class RaceMessage(Struct, kw_only=True, omit_defaults=True):
@@ -106,6 +110,9 @@ class SessionView(Struct, kw_only=True, omit_defaults=True):
     """Of those, laps completed under a full-course yellow or a red flag."""
     messages: int = 0
     """Race-control messages given so far (the latest are in the snapshot's ``messages``)."""
+    provisional: bool = False
+    """The order is the provisional classification: post-race decisions are awaited,
+    and ``session_close`` (``finished``) brings the official one."""
 
 
 class Snapshot(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="snapshot"):

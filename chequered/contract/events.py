@@ -199,6 +199,49 @@ class RaceControl(_Event, frozen=True, kw_only=True, tag="race_control"):
     provenance: MessageProvenance = "timing"
 
 
+# -- post-race decisions -------------------------------------------------------
+
+
+class Provisional(_Event, frozen=True, kw_only=True, tag="provisional"):
+    """The provisional classification: the order on the road once every car has taken the
+    flag, before post-race decisions change it. ``session_close`` then carries the
+    official one.
+
+    Added in contract 1.2, sent only for a race whose result a post-race decision
+    changed (a time penalty, points forfeited, a disqualification after the flag).
+    """
+
+    classification: list[ResultRow]
+    reason: Annotated[str, Meta(max_length=500)] | None = None
+    """Why the result is provisional (the decisions awaited)."""
+
+
+PenaltyKind = Literal["time", "points", "disqualification", "other"]
+
+
+class Penalty(_Event, frozen=True, kw_only=True, tag="penalty"):
+    """A penalty given to one car: its time and its effect on the result.
+
+    Added in contract 1.2. A post-race penalty comes between ``provisional`` and
+    ``session_close``; its effect is the car's place in each.
+    """
+
+    car: CarNumber
+    penalty: PenaltyKind
+    """What was given: a time, points taken away, a disqualification, other."""
+    penalty_ms: Millis | None = None
+    """Time added to the car's race time (``penalty`` ``time``)."""
+    post_race: bool = True
+    """Given after the flag (else during the race)."""
+    position_before: Position | None = None
+    """The car's place in the provisional classification."""
+    position_after: Position | None = None
+    """Its place in the official classification."""
+    text: Annotated[str, Meta(min_length=1, max_length=500)]
+    """The decision as a timing screen's message feed shows it: ``#79 +23 s, post-race``."""
+    provenance: MessageProvenance = "timing"
+
+
 # -- replay control ---------------------------------------------------------
 
 
@@ -251,6 +294,8 @@ Event = (
     | Clock
     | Reset
     | RaceControl
+    | Provisional
+    | Penalty
 )
 
 EVENT_TYPES: tuple[type[_Event], ...] = (
@@ -266,6 +311,8 @@ EVENT_TYPES: tuple[type[_Event], ...] = (
     Clock,
     Reset,
     RaceControl,
+    Provisional,
+    Penalty,
 )
 
 

@@ -32,8 +32,10 @@ from chequered.contract.events import (
     Finish,
     Flag,
     Lap,
+    Penalty,
     PitIn,
     PitOut,
+    Provisional,
     RaceControl,
     Reset,
     Retire,
@@ -138,7 +140,11 @@ class CarState(Struct, kw_only=True):
     status: CarStatus = "running"
     result: Literal["classified", "not_classified", "retired", "disqualified", "dns"] | None = None
     official_position: int = 0
-    """Position in the official classification once the session closed (0: not listed)."""
+    """Position in the official classification once the session closed, or in the
+    provisional one before that (0: not listed)."""
+    penalty: str | None = None
+    """The car's penalty as its row shows it."""
+    penalty_ms: int | None = None
 
 
 class RaceState(Struct, kw_only=True):
@@ -177,6 +183,8 @@ class RaceState(Struct, kw_only=True):
     laps_run: int = 0
     laps_neutralised: int = 0
     """Laps completed under a yellow or a red flag, of ``laps_run``."""
+    provisional: bool = False
+    """The provisional classification is folded and the official one not yet."""
 
 
 def new_race(race: str) -> RaceState:
@@ -218,6 +226,7 @@ def _session_open(state: RaceState, e: SessionOpened) -> None:
     state.laps_run = 0
     state.laps_neutralised = 0
     state.closed = False
+    state.provisional = False
     state.gaps = 0
     state.fastest = {}
     state.overall = None
@@ -354,6 +363,36 @@ def _race_control(state: RaceState, e: RaceControl) -> None:
     state.message_count += 1
 
 
+def _provisional(state: RaceState, e: Provisional) -> None:
+    if not state.opened:
+        raise Rejected(f"race {state.race} has no session_open yet")
+    state.provisional = True
+    for each in state.cars.values():
+        each.official_position = 0
+    for row in e.classification:
+        car = state.cars.get(row.car)
+        if car is not None:
+            car.official_position = row.position
+
+
+def penalty_label(e: Penalty) -> str:
+    """What a car's row shows of its penalty: ``+23 s``, ``points forfeited``, ``DSQ``."""
+    if e.penalty == "time" and e.penalty_ms is not None:
+        seconds = e.penalty_ms / 1000
+        return f"+{seconds:g} s"
+    if e.penalty == "points":
+        return "points forfeited"
+    if e.penalty == "disqualification":
+        return "DSQ"
+    return "penalty"
+
+
+def _penalty(state: RaceState, e: Penalty) -> None:
+    car = _car(state, e.car)
+    car.penalty = penalty_label(e)
+    car.penalty_ms = e.penalty_ms
+
+
 def _clock(state: RaceState, e: Clock) -> None:
     state.speed = e.speed
     state.paused = e.paused or e.action == "pause"
@@ -372,6 +411,11 @@ def _session_close(state: RaceState, e: SessionClosed) -> None:
     if not state.opened:
         raise Rejected(f"race {state.race} has no session_open yet")
     state.closed = True
+    if state.provisional:
+        # The official order replaces the provisional one whole.
+        state.provisional = False
+        for known in state.cars.values():
+            known.official_position = 0
     lines = state.lines
     for row in e.classification:
         car = state.cars.get(row.car)
@@ -454,6 +498,8 @@ _HANDLERS: dict[type, Callable[[RaceState, Event], None]] = {
     Clock: _clock,  # type: ignore[dict-item]
     Reset: _reset,  # type: ignore[dict-item]
     RaceControl: _race_control,  # type: ignore[dict-item]
+    Provisional: _provisional,  # type: ignore[dict-item]
+    Penalty: _penalty,  # type: ignore[dict-item]
 }
 
 
@@ -598,12 +644,13 @@ def order(state: RaceState) -> list[CarState]:
 
     Race: (distance desc, time reaching it asc), retired cars behind the
     running ones, non-starters last; once closed, the official classification
-    order, with cars it does not list behind in that order. Qualifying: best lap.
+    order (before that, from a ``provisional`` event, the provisional one), with
+    cars it does not list behind in that order. Qualifying: best lap.
     """
     cars = list(state.cars.values())
     key = _qualifying_key if state.kind == "qualifying" else _race_key
     cars.sort(key=key)
-    if state.closed:
+    if state.closed or state.provisional:
         # Stable: cars missing from the classification keep their folded order.
         cars.sort(key=lambda c: (c.official_position == 0, c.official_position))
     return cars
@@ -697,6 +744,8 @@ def _row(
         gained=car.grid - (i + 1) if car.grid and state.kind != "qualifying" else 0,
         status=car.status,
         result=car.result,
+        penalty=car.penalty,
+        penalty_ms=car.penalty_ms,
     )
 
 
@@ -747,7 +796,7 @@ class Board:
     def snapshot(self, state: RaceState, touched: set[str] | None) -> Snapshot:
         """The snapshot of ``state``; ``touched`` names every car whose state may have
         changed since the last call (None: anything may have)."""
-        shape = (state.kind, state.lines, state.closed, len(state.cars))
+        shape = (state.kind, state.lines, state.closed, state.provisional, len(state.cars))
         cache = self._rows
         if (
             touched is None
@@ -858,6 +907,7 @@ def session_view(state: RaceState, ordered: list[CarState] | None = None) -> Ses
         laps_run=state.laps_run,
         laps_neutralised=state.laps_neutralised,
         messages=state.message_count,
+        provisional=state.provisional,
     )
 
 

@@ -109,6 +109,7 @@
           <span class="name" part="name">Live timing</span>
           <span class="conn" part="connection" title="Connection"></span>
           <span class="partial" part="partial" hidden>PARTIAL</span>
+          <span class="provisional" part="provisional" hidden title="Provisional classification: post-race decisions are awaited">PROVISIONAL</span>
         </div>
         <div class="facts">
           <span class="fact"><small>Clock</small><b class="clock">--:--:--</b></span>
@@ -157,7 +158,7 @@
       this._board = holder.firstElementChild;
       this._root.appendChild(this._board);
       this._el = {};
-      for (const name of ["name", "conn", "partial", "clock", "remaining", "lap", "speed", "flag", "tabs", "message"]) {
+      for (const name of ["name", "conn", "partial", "provisional", "clock", "remaining", "lap", "speed", "flag", "tabs", "message"]) {
         this._el[name] = this._board.querySelector(`.${name}`);
       }
       this._cover = this._board.querySelector(".cover");
@@ -601,6 +602,10 @@
       this.dataset.flag = flag;
       this.dataset.finished = session.finished ? "true" : "false";
       this._el.flag.textContent = this._flagText(flag, session);
+      // Between the flag and the stewards' decisions the order is the road's, not yet official.
+      this._el.provisional.hidden = !session.provisional;
+      this.dataset.provisional = session.provisional ? "true" : "false";
+      if (session.provisional) this._el.flag.textContent += " · PROVISIONAL CLASSIFICATION";
       this._renderYellowShare(session);
       // Events the standings never saw (joined mid-race, or lost on the way): say the board
       // may be short of laps, best laps and pit stops until the race is folded again.
@@ -824,6 +829,18 @@
       pit.dataset.pit = row.in_pit ? "in" : row.out_lap ? "out" : "";
       const gained = at("gained");
       gained.dataset.dir = row.gained > 0 ? "up" : row.gained < 0 ? "down" : "";
+      // A penalty shows beside the car number (a CSS badge, so the cell's text stays the
+      // number) in every layout, and in full in the row's tooltip.
+      const car = at("car");
+      if (row.penalty) {
+        car.dataset.penalty = row.penalty;
+        tr.dataset.penalty = row.penalty;
+        tr.title = `#${row.car} penalty: ${row.penalty}`;
+      } else if (car.dataset.penalty !== undefined) {
+        delete car.dataset.penalty;
+        delete tr.dataset.penalty;
+        tr.removeAttribute("title");
+      }
 
       if (animate && previous !== null && previous !== row.position) {
         const dir = row.position < previous ? "up" : "down";
@@ -915,6 +932,8 @@
         const feed = section.querySelector(".rc-feed");
         feed.textContent = "";
         for (const message of [...messages].reverse()) feed.appendChild(this._rcItem(message));
+        // Newest first: a new message shows at the top, unless the viewer is reading one.
+        if (!this._rcPointed) feed.scrollTop = 0;
       }
       const newest = messages.length ? messages[messages.length - 1] : null;
       const shown = this._rcPointed || newest;

@@ -39,6 +39,11 @@ LAP_KM_DEVIATION = 0.05
 """Relative difference between a known circuit length and the length implied by
 the export's speeds above which the import warns."""
 
+PENALTY_MIN_MS = 1000
+"""A race result whose ``TOTAL_TIME`` exceeds the car's last line crossing by at least
+this much carries a post-race time penalty of the difference. The exports' times
+agree to the millisecond otherwise; the smallest penalty given is a few seconds."""
+
 MS_PER_HOUR = 3_600_000
 DAY_MS = 24 * MS_PER_HOUR
 KM_PER_MILE = 1.609344
@@ -496,6 +501,15 @@ class ResultRow:
     vehicle: str
     tyre: str
     drivers: list[Driver]
+    penalty_ms: int | None = None
+    """A penalty column's time, when the export has one."""
+    remark: str = ""
+    """What a penalty, note or remarks column says of the car."""
+
+
+# Columns some exports add for decisions on a car's result.
+_PENALTY_COLUMNS = ("PENALTY", "PENALTIES", "PENALTY_TIME", "TIME_PENALTY", "PEN")
+_REMARK_COLUMNS = ("NOTE", "NOTES", "REMARK", "REMARKS", "COMMENT", "COMMENTS", "DECISION")
 
 
 def _drivers(table: Table, cells: list[str]) -> list[Driver]:
@@ -538,6 +552,8 @@ def read_results(table: Table, kind: SessionKind) -> list[ResultRow]:
     i_status = table.index("STATUS")
     i_laps = table.index("LAPS")
     i_total = table.index("TOTAL_TIME")
+    i_penalty = table.index(*_PENALTY_COLUMNS)
+    i_remark = table.index(*_REMARK_COLUMNS)
     i_gap1 = table.index("GAP_FIRST")
     i_gapp = table.index("GAP_PREVIOUS")
     if kind == "race":
@@ -586,6 +602,11 @@ def read_results(table: Table, kind: SessionKind) -> list[ResultRow]:
                 )
             gaps.append(gap)
         best_lap_text = _cell(cells, i_bestlap)
+        penalty_text = _cell(cells, i_penalty)
+        penalty_ms = parse_time(penalty_text) if penalty_text else None
+        remarks = [_cell(cells, i_remark)]
+        if penalty_text and penalty_ms is None and penalty_text not in ("0", "-"):
+            remarks.insert(0, penalty_text)  # "Drive through", "+1 lap": said, not timed
         out.append(
             ResultRow(
                 line=line,
@@ -610,6 +631,8 @@ def read_results(table: Table, kind: SessionKind) -> list[ResultRow]:
                 vehicle=_cell(cells, table.index("VEHICLE", "CAR", "CHASSIS")),
                 tyre=_cell(cells, table.index("TIRES", "TYRES", "TYRE", "TIRE")),
                 drivers=_drivers(table, cells),
+                penalty_ms=penalty_ms or None,
+                remark="; ".join(r for r in remarks if r),
             )
         )
     if not out:
@@ -941,6 +964,11 @@ def import_timing(
                 f"lap in {laps_name} is {laps_done}"
             )
         position = r.position if r.position is not None else n
+        penalty_ms, note = (
+            _post_race_penalty(r, car_rows, results_name, warnings)
+            if kind == "race"
+            else (None, r.remark or None)
+        )
         classification.append(
             ClassificationRow(
                 position=position,
@@ -954,6 +982,8 @@ def import_timing(
                 gap_laps=r.gap_first.laps,
                 best_lap_ms=r.best_ms,
                 best_lap=r.best_lap,
+                penalty_ms=penalty_ms,
+                note=note,
             )
         )
         if kind == "qualifying":
@@ -1065,6 +1095,41 @@ def import_timing(
         sources=[_basename(laps_name), _basename(results_name)],
     )
     return Imported(recording=recording, warnings=warnings)
+
+
+def _post_race_penalty(
+    r: ResultRow, car_rows: list[LapRow], results_name: str, warnings: list[str]
+) -> tuple[int | None, str | None]:
+    """The post-race time penalty of a race result, and the row's note.
+
+    ``TOTAL_TIME`` is the car's race time as classified; its last line crossing
+    (the lap file's ``ELAPSED`` of its last lap) is its time on the road. When the
+    first exceeds the second by ``PENALTY_MIN_MS`` or more, the difference is time
+    added after the race. A penalty column's time is taken as given (a warning
+    when the times say otherwise).
+    """
+    notes = [r.remark] if r.remark else []
+    last = max(car_rows, key=lambda x: x.lap.lap, default=None)
+    added: int | None = None
+    if r.total_ms is not None and last is not None and last.lap.lap == r.laps:
+        added = r.total_ms - last.lap.elapsed_ms
+    penalty = r.penalty_ms
+    if penalty is not None and added is not None and abs(added - penalty) >= PENALTY_MIN_MS:
+        warnings.append(
+            f"{results_name}: line {r.line}: car {r.number}'s penalty column says "
+            f"{format_time(penalty)} but TOTAL_TIME is its last crossing plus {format_time(added)}"
+        )
+    if penalty is None and added is not None and added >= PENALTY_MIN_MS:
+        penalty = added
+    if penalty is not None and last is not None and r.total_ms is not None:
+        notes.insert(
+            0,
+            f"post-race time penalty +{penalty / 1000:g} s (TOTAL_TIME {format_time(r.total_ms)}, "
+            f"last crossing {format_time(last.lap.elapsed_ms)})",
+        )
+    elif penalty is not None:
+        notes.insert(0, f"post-race time penalty +{penalty / 1000:g} s")
+    return penalty, "; ".join(notes) or None
 
 
 def _drivers_from_laps(rows: list[LapRow]) -> list[Driver]:

@@ -143,6 +143,9 @@ class ClassificationRow(Struct, kw_only=True, omit_defaults=True):
     laps_provenance: Provenance | None = None
     """Where ``laps`` comes from when that differs from the row's ``provenance``
     (a reported finishing position whose lap count a documented rule inferred)."""
+    penalty_ms: Millis | None = None
+    """Time added to the car's race time after the race (a post-race penalty):
+    ``total_ms`` includes it, the car's last line crossing does not."""
 
 
 class LapRecord(Struct, kw_only=True, omit_defaults=True, array_like=False):

@@ -25,8 +25,10 @@ from chequered.contract.events import (
     Finish,
     Flag,
     Lap,
+    Penalty,
     PitIn,
     PitOut,
+    Provisional,
     RaceControl,
     Reset,
     ResultRow,
@@ -55,6 +57,8 @@ _RANK: dict[type[Event], int] = {
     Finish: 5,
     Retire: 6,
     RaceControl: 7,
+    Provisional: 8,
+    Penalty: 8,
     SessionClosed: 9,
 }
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from chequered.contract.events import Event, Flag, Lap, SessionClosed
 from simulator.recording.format import Recording
+from simulator.timeline import post_race, synth, timing_replay
 from simulator.timeline import qualifying as synth_qualifying
-from simulator.timeline import synth, timing_replay
 
 ERRORS: tuple[type[Exception], ...] = (synth.SynthesisError, synth_qualifying.QualifyingError)
 """What ``build`` raises when a recording's result cannot be reproduced."""
@@ -25,7 +25,9 @@ def build(recording: Recording, *, seed: int = 0, race: str | None = None) -> li
         return timing_replay.replay(recording, race=race)
     if recording.facts.session == "qualifying":
         return synth_qualifying.synthesise(recording, seed=seed, race=race)
-    return synth.synthesise(recording, seed=seed, race=race).events
+    events = synth.synthesise(recording, seed=seed, race=race).events
+    # Notes that change the result after the flag: provisional, penalties, official.
+    return post_race.amend(recording, events, race=race)
 
 
 def end_ms(events: list[Event]) -> int:

@@ -22,6 +22,7 @@ from chequered.contract.events import (
     Sector,
 )
 from simulator.recording.format import LapRecord, Recording
+from simulator.timeline import post_race
 from simulator.timeline.assemble import assemble, session_closed, session_opened
 
 _FLAG_AT_LINE: dict[str, FlagState] = {
@@ -124,9 +125,11 @@ def replay(recording: Recording, *, race: str) -> list[Event]:
             drafts.append(last)
     close_at = max(e.t_ms for e in drafts)
     drafts.append(session_closed(recording, race=race, t_ms=close_at))
-    return assemble(
+    events = assemble(
         drafts, race=race, lines=lines, session=facts.session, grid=list(recording.grid)
     )
+    # A result changed after the flag: provisional classification, penalties, official.
+    return post_race.amend(recording, events, race=race)
 
 
 def _driver(rec: LapRecord, names: Sequence[str]) -> str:

@@ -51,6 +51,12 @@ def produced_stream() -> list[ev.Event]:
         ev.Retire(race="contract", seq=1, t_ms=7, car="2", lap=3, reason="gearbox"),
         ev.RaceControl(race="contract", seq=1, t_ms=8, lap=3, category="retirement",
                        text="#2 retired: gearbox", cars=["2"], provenance="report"),
+        ev.Provisional(race="contract", seq=1, t_ms=9, reason="post-race decisions awaited",
+                       classification=[ev.ResultRow(position=1, car="1", cls="A",
+                                                    class_position=1, laps=3,
+                                                    status="classified")]),
+        ev.Penalty(race="contract", seq=1, t_ms=10, car="1", penalty="time", penalty_ms=23_000,
+                   position_before=1, position_after=2, text="#1 +23 s, post-race"),
     ]  # fmt: skip
     return stream + extra
 
