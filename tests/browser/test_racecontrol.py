@@ -10,6 +10,7 @@ far, and the cars of the newest message are highlighted in the board.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,7 +73,9 @@ async def seek(url: str, race: str, page: Any, t_ms: int, newest: str) -> None:
     await expect(page.locator(FEED).first.locator(".rc-text")).to_have_text(newest)
 
 
-async def test_a_viewer_follows_the_baltimore_story_in_the_feed(mosquitto: Mosquitto) -> None:
+async def test_a_viewer_follows_the_baltimore_story_in_the_feed(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
     from consumers.projector.service import run_projector
     from simulator.live.producer import ReplaySpec, run_producer
     from simulator.recording import io as recording_io
@@ -175,6 +178,8 @@ async def test_a_viewer_follows_the_baltimore_story_in_the_feed(mosquitto: Mosqu
             share = await element.get_attribute("data-yellow-share")
             assert share is not None and 0 < float(share) < 100
             await expect(page.locator(f"{BOARD} .yellow")).to_have_text(f"{round(float(share))}%")
+            await page.screenshot(path=str(tmp_path / "racecontrol.png"), full_page=True)
+
             # An embed that wants the table alone hides the feed.
             section = page.locator(f"{BOARD} .rc")
             await expect(section).to_be_visible()
