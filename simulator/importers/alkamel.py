@@ -603,7 +603,7 @@ def read_results(table: Table, kind: SessionKind) -> list[ResultRow]:
             gaps.append(gap)
         best_lap_text = _cell(cells, i_bestlap)
         penalty_text = _cell(cells, i_penalty)
-        penalty_ms = parse_time(penalty_text) if penalty_text else None
+        penalty_ms = _penalty_time(penalty_text) if penalty_text else None
         remarks = [_cell(cells, i_remark)]
         if penalty_text and penalty_ms is None and penalty_text not in ("0", "-"):
             remarks.insert(0, penalty_text)  # "Drive through", "+1 lap": said, not timed
@@ -1095,6 +1095,15 @@ def import_timing(
         sources=[_basename(laps_name), _basename(results_name)],
     )
     return Imported(recording=recording, warnings=warnings)
+
+
+_PENALTY_TIME = re.compile(r"^\+?\s*([\d:'.]{1,16})\s*(?:s|sec|secs|seconds?|\")?$", re.IGNORECASE)
+
+
+def _penalty_time(text: str) -> int | None:
+    """A penalty cell's time: ``23.000``, ``+23s``, ``23 sec``, ``0:23.000``; None for words."""
+    m = _PENALTY_TIME.match(text.strip())
+    return parse_time(m.group(1)) if m else None
 
 
 def _post_race_penalty(

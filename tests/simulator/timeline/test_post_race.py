@@ -70,7 +70,7 @@ def test_a_penalty_column_and_a_remark_are_read() -> None:
     out = [",".join([*head[:2], "PENALTY", "REMARKS", *head[2:]])]
     for line in lines[1:]:
         cells = line.split(",")
-        added = ["23.000", "Causing a collision"] if cells[1] == "14" else ["", ""]
+        added = ["+23s", "Causing a collision"] if cells[1] == "14" else ["", ""]
         out.append(",".join([*cells[:2], *added, *cells[2:]]))
     recording = _import("\n".join(out) + "\n")
     (row,) = [r for r in recording.classification if r.penalty_ms is not None]
