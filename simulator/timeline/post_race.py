@@ -10,6 +10,7 @@ to a race's event log; rules in ``docs/TIMING.md``. Pure: no I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -51,6 +52,15 @@ _MESSAGE_PROVENANCE: dict[Provenance, MessageProvenance] = {
 }
 
 
+# A row's note telling of a penalty given after the race, and the seconds it names.
+_POST_RACE_PENALTY = re.compile(
+    r"penalt\w*\b.{0,80}?\b(?:post[- ]race|after the race)|"
+    r"\b(?:post[- ]race|after the race)\b.{0,80}?penalt",
+    re.IGNORECASE,
+)
+_SECONDS = re.compile(r"\b(\d{1,4}(?:\.\d{1,3})?)[- ]?(?:s|secs?|seconds?)\b", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class Decision:
     """One post-race decision on one car."""
@@ -68,6 +78,8 @@ def decisions(recording: Recording, finished: set[str] | None = None) -> list[De
 
     - A row with ``penalty_ms``, or (with lap timing) whose ``total_ms`` exceeds
       the car's last crossing by ``TIME_PENALTY_MIN_MS`` or more: a time penalty.
+    - A row whose note (an export's remarks column) says of a penalty that it came
+      after the race: a time penalty when it names seconds, else another penalty.
     - A race note forfeiting points (``points_forfeited``): points, position kept.
     - A ``disqualified`` row whose car a race note says was disqualified, or that
       took the flag (in ``finished``): a disqualification.
@@ -103,6 +115,18 @@ def decisions(recording: Recording, finished: set[str] | None = None) -> list[De
             ]
             reason = "; ".join(said_of) or None
             out.append(Decision(car, "time", added, reason, _MESSAGE_PROVENANCE[row.provenance]))
+        elif row.note and _POST_RACE_PENALTY.search(row.note):
+            seconds = _SECONDS.search(row.note)
+            ms = round(float(seconds.group(1)) * 1000) if seconds else None
+            out.append(
+                Decision(
+                    car,
+                    "time" if ms else "other",
+                    ms or None,
+                    row.note,
+                    _MESSAGE_PROVENANCE[row.provenance],
+                )
+            )
         for effect, provenance, text in said.get(car, []):
             kind: PenaltyKind = "points" if effect == "points_forfeited" else "disqualification"
             if kind == "disqualification" and row.status != "disqualified":
@@ -248,7 +272,8 @@ def _provisional(
         per_class[row.cls] = per_class.get(row.cls, 0) + 1
         total = row.total_ms
         if total is not None and row.car in added:
-            total = max(0, total - added[row.car])
+            # Its time on the road: the last crossing, else the result less the penalty.
+            total = last_t.get(row.car, max(0, total - added[row.car]))
         out.append(
             replace(
                 row,

@@ -201,3 +201,24 @@ def test_a_race_with_no_decision_is_unchanged(name: str) -> None:
     recording = recording_io.load(REPLAYS / f"{name}.json")
     stream = build.build(recording, seed=0)
     assert not any(isinstance(e, ev.Provisional | ev.Penalty) for e in stream)
+
+
+def test_a_remark_of_a_penalty_after_the_race_is_a_decision() -> None:
+    """An export whose remarks column tells of the penalty, its times not showing it."""
+    lines = (TIMING / f"{LAGUNA}-results.csv").read_text(encoding="utf-8-sig").splitlines()
+    head = lines[0].split(",")
+    out = [",".join([*head[:2], "REMARKS", *head[2:]])]
+    remark = "30 s penalty after the race for exceeding track limits"
+    for line in lines[1:]:
+        cells = line.split(",")
+        out.append(",".join([*cells[:2], remark if cells[1] == "25" else "", *cells[2:]]))
+    stream = tuple(replay(_import("\n".join(out) + "\n"), race="pen"))
+    (penalty,) = _of(ev.Penalty, stream)
+    assert (penalty.car, penalty.penalty, penalty.penalty_ms) == ("25", "time", 30_000)
+    assert penalty.position_before == penalty.position_after == 14
+    (message,) = [e for e in _of(ev.RaceControl, stream) if e.category == "penalty"]
+    assert message.text == f"#25 +30 s, post-race: 14th, position kept: {remark}"
+    # A remark of a penalty served in the race is no post-race decision.
+    served = "\n".join(out).replace(remark, "Drive-through penalty for pit lane speeding")
+    stream = tuple(replay(_import(served + "\n"), race="pen"))
+    assert not _of(ev.Penalty, stream) and not _of(ev.Provisional, stream)
