@@ -682,6 +682,8 @@ def read_prose(text: str, problems: list[Problem] | None = None) -> ProseFacts:
             if m:
                 facts.round = _ORDINAL_WORDS.get(m.group(1).lower())
                 break
+    if facts.series is None:
+        facts.series = _series_of_the_race(sentences)
     facts.date = _race_date(sentences)
     if facts.season is None and facts.date:
         facts.season = int(facts.date[:4])
@@ -724,6 +726,27 @@ def series_name(words: str) -> str | None:
         if word != raw:
             break  # punctuation ends the name
     return " ".join(taken) or None
+
+
+# Sentences that say which series the race belongs to, other than its round:
+# "the third of ten scheduled sports car races of 2013 American Le Mans Series",
+# "part of the schedule for the 2013 American Le Mans Series", "held as part of
+# the American Le Mans Series".
+_SERIES_SENTENCES = (
+    re.compile(r"\bscheduled [\w ]{0,40}?(?:races|rounds|events) of (?:the )?(?:\d{4} )?"),
+    re.compile(r"\bpart of the (?:schedule|calendar|season) (?:for|of) the (?:\d{4} )?"),
+    re.compile(r"\b(?:held|run|raced) as (?:a )?(?:part|round) of the (?:\d{4} )?"),
+)
+
+
+def _series_of_the_race(sentences: list[str]) -> str | None:
+    for pattern in _SERIES_SENTENCES:
+        for sentence in sentences:
+            m = pattern.search(sentence)
+            name = series_name(sentence[m.end() :]) if m else None
+            if name is not None:
+                return name
+    return None
 
 
 def _read_round(sentence: str, facts: ProseFacts) -> bool:

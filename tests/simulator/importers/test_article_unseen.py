@@ -57,11 +57,41 @@ def test_a_series_is_a_name_never_a_common_word(
     assert (facts.round, facts.season, facts.series) == (round_, season, series)
 
 
-def test_cut_off_article_names_no_series_and_says_so() -> None:
+def test_the_series_comes_from_a_sentence_that_names_it() -> None:
     result = _import(CUT.read_text(encoding="utf-8"))
     assert result.qualifying is not None
     facts = result.qualifying.facts
-    assert (facts.round, facts.season, facts.series) == (2, 2013, UNKNOWN_SERIES)
+    assert (facts.round, facts.season, facts.series) == (2, 2013, "American Le Mans Series")
+    assert not any("names no series" in p.message for p in result.problems)
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "It was the second of ten scheduled sports car races of 2013 American Le Mans Series.",
+        "The race was part of the schedule for the 2013 American Le Mans Series.",
+        "It was the fifteenth year the event was held as part of the American Le Mans Series.",
+    ],
+)
+def test_sentences_that_place_the_race_in_its_series(sentence: str) -> None:
+    facts = read_prose(f"The race was the second round of the 2013 season. {sentence}")
+    assert (facts.round, facts.series) == (2, "American Le Mans Series")
+
+
+def test_an_article_that_names_no_series_says_so() -> None:
+    text = CUT.read_text(encoding="utf-8")
+    for said in (
+        "The 2013 Sports Car Grand Prix of Example was the second of ten scheduled sports car "
+        "races of 2013 American Le Mans Series. ",
+        "the race was part of the schedule for the 2013 American Le Mans Series schedule",
+        "held as part of the American Le Mans Series",
+    ):
+        assert said in text
+        text = text.replace(said, "")
+    result = _import(text)
+    assert result.qualifying is not None
+    assert result.qualifying.facts.series == UNKNOWN_SERIES
+    assert result.qualifying.facts.round == 2
     assert any(p.severity == "warning" and "names no series" in p.message for p in result.problems)
 
 
@@ -134,7 +164,7 @@ def test_cli_partial_writes_what_could_be_read(
     qualifying = recording_io.load(tmp_path / "alms-2013-example-qualifying.json")
     assert [r.number for r in qualifying.classification] == ["12", "16", "6", "551", "552", "05"]
     race = recording_io.load(out)
-    assert race.classification == [] and race.facts.series == UNKNOWN_SERIES
+    assert race.classification == [] and race.facts.series == "American Le Mans Series"
 
 
 def test_cli_qualifying_alone_needs_no_race_result(tmp_path: Path) -> None:
