@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from chequered.contract.events import Event, Flag, Lap, SessionClosed
 from simulator.recording.format import Recording
-from simulator.timeline import post_race, synth, timing_replay
+from simulator.timeline import messages, post_race, synth, timing_replay
 from simulator.timeline import qualifying as synth_qualifying
 
 ERRORS: tuple[type[Exception], ...] = (synth.SynthesisError, synth_qualifying.QualifyingError)
@@ -22,7 +22,8 @@ def build(recording: Recording, *, seed: int = 0, race: str | None = None) -> li
     """Ordered events of a session: seq 1..N, from ``session_open`` to ``session_close``."""
     race = race or recording.facts.id
     if recording.laps:
-        return timing_replay.replay(recording, race=race)
+        # The timing's flags and retirements told in the race-control feed.
+        return messages.with_messages(timing_replay.replay(recording, race=race))
     if recording.facts.session == "qualifying":
         return synth_qualifying.synthesise(recording, seed=seed, race=race)
     events = synth.synthesise(recording, seed=seed, race=race).events

@@ -11,6 +11,7 @@ import itertools
 from collections import Counter
 from functools import cache
 
+import msgspec
 import pytest
 
 from chequered.contract.events import (
@@ -20,6 +21,7 @@ from chequered.contract.events import (
     Lap,
     PitIn,
     PitOut,
+    RaceControl,
     Retire,
     Sector,
     SessionClosed,
@@ -642,7 +644,18 @@ def test_qualifying_sets_every_recorded_time_in_order(name: str, seed: int) -> N
 def test_build_replays_real_timing_and_synthesises_the_rest() -> None:
     real = recording_io.load(REPLAYS / "imsa-2022-laguna-seca-race.json")
     assert real.laps
-    assert timeline.build(real, race="x") == timing_replay.replay(real, race="x")
+    replayed = timing_replay.replay(real, race="x")
+    built = timeline.build(real, race="x")
+    # The replay as recorded, with the race-control message of each flag and retirement.
+    assert [msgspec.structs.replace(e, seq=1) for e in built if not isinstance(e, RaceControl)] == [
+        msgspec.structs.replace(e, seq=1) for e in replayed
+    ]
+    assert [e.seq for e in built] == list(range(1, len(built) + 1))
+    told = [e for e in built if isinstance(e, RaceControl)]
+    assert len(told) == sum(1 for e in replayed if isinstance(e, Flag | Retire))
+    assert all(m.provenance == "timing" for m in told)
+    yellows = [m for m in told if m.text.startswith("Full course yellow")]
+    assert yellows and all(m.lap > 0 for m in yellows)
     rec = recording("alms-2013-baltimore-race")
     assert timeline.build(rec, seed=3) == synthesis("alms-2013-baltimore-race", 3).events
 
