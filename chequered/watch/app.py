@@ -15,7 +15,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Static, Tab, Tabs
 
 from broker.bus import BrokerAddress
@@ -34,7 +34,7 @@ MARK_STYLE = {
 }
 """Lap-time colours, as the widget's: race's fastest, class's fastest, personal best."""
 
-FEED_MIN_WIDTH = 120
+FEED_MIN_WIDTH = 200
 """Terminal columns under which the race-control feed starts hidden (``m`` shows it)."""
 
 CATEGORY_STYLE = {
@@ -183,7 +183,7 @@ class WatchApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#board", DataTable)
+        table = self._main.query_one("#board", DataTable)
         for key, heading in COLUMNS:
             table.add_column(heading, key=key)
         self._tab_classes = {"cls-all": None}
@@ -194,8 +194,15 @@ class WatchApp(App[int]):
         self.run_worker(self._follow(), name="gateway", exit_on_error=False)
         self.set_interval(1 / self.settings.redraw_hz, self._redraw)
         if self.size.width < FEED_MIN_WIDTH:
-            self.query_one("#feed").add_class("-hidden")  # the table needs the room; m shows it
+            # The table needs the room; m shows the feed.
+            self._main.query_one("#feed").add_class("-hidden")
         table.focus()
+
+    @property
+    def _main(self) -> Screen[object]:
+        """The timing screen, under the help when that shows: the app's own query_one
+        looks at the screen on top."""
+        return self.screen_stack[0]
 
     def _start_controller(self, race: str) -> None:
         assert self.broker is not None
@@ -222,32 +229,32 @@ class WatchApp(App[int]):
     # -- drawing ------------------------------------------------------------------
 
     def _redraw(self) -> None:
-        if not self._dirty:
+        if not self._dirty or not self.screen_stack:
             return
         self._dirty = False
         self.redraws += 1
         board = self.board
         head = view.header(board)
-        self.query_one("#name", Static).update(
+        self._main.query_one("#name", Static).update(
             Text.assemble(head.name, ("  PARTIAL", "bold yellow") if head.partial else "")
         )
-        conn = self.query_one("#conn", Static)
+        conn = self._main.query_one("#conn", Static)
         conn.update(head.connection)
         conn.set_class(board.connection == "live", "-live")
         conn.set_class(board.connection in ("reconnecting", "unknown"), "-down")
-        self.query_one("#facts", Static).update(
+        self._main.query_one("#facts", Static).update(
             f"Clock {head.clock}   Remaining {head.remaining}   Lap {head.lap}"
             f"   Replay {head.replay}"
         )
-        flag = self.query_one("#flag", Static)
+        flag = self._main.query_one("#flag", Static)
         flag.update(head.flag_text)
         for name in view.FLAG_TEXT:
             flag.set_class(head.flag == name, f"-{name}")
-        message = self.query_one("#message", Static)
+        message = self._main.query_one("#message", Static)
         text = self.drawn_notice = self.notice()
         message.update(text)
         message.set_class(not text, "-empty")
-        self.query_one("#controls", Static).update(self.control_line)
+        self._main.query_one("#controls", Static).update(self.control_line)
         self._draw_tabs()
         self._draw_table()
         self._draw_feed()
@@ -263,7 +270,7 @@ class WatchApp(App[int]):
             body.append(f"\n{message.text}")
         if not shown:
             body.append("No messages yet." if self.board.snapshot else "", style="dim")
-        self.query_one("#feed-body", Static).update(body)
+        self._main.query_one("#feed-body", Static).update(body)
 
     def _empty_text(self) -> str:
         if self.board.covered:
@@ -287,7 +294,7 @@ class WatchApp(App[int]):
         want = {f"cls-{_slug(c)}": c for c in classes}
         if set(want) | {"cls-all"} == set(self._tab_classes):
             return
-        tabs = self.query_one("#tabs", Tabs)
+        tabs = self._main.query_one("#tabs", Tabs)
         for tab_id, cls in want.items():
             if tab_id not in self._tab_classes:
                 tabs.add_tab(Tab(cls, id=tab_id))
@@ -304,7 +311,7 @@ class WatchApp(App[int]):
             self._redraw()
 
     def _draw_table(self) -> None:
-        table: DataTable[Text] = self.query_one("#board", DataTable)
+        table: DataTable[Text] = self._main.query_one("#board", DataTable)
         rows = view.rows(self.board, self.cls)
         order = [row.car for row in rows]
         cells = {row.car: _styled(row) for row in rows}
@@ -339,7 +346,7 @@ class WatchApp(App[int]):
 
     def cell(self, car: str, key: str) -> str:
         """The text of one drawn cell."""
-        table: DataTable[Text] = self.query_one("#board", DataTable)
+        table: DataTable[Text] = self._main.query_one("#board", DataTable)
         return str(table.get_cell(car, key))
 
     # -- keys ---------------------------------------------------------------------
@@ -390,19 +397,19 @@ class WatchApp(App[int]):
         ids = self._tab_ids()
         current = "cls-all" if self.cls is None else f"cls-{_slug(self.cls)}"
         index = ids.index(current) if current in ids else 0
-        self.query_one("#tabs", Tabs).active = ids[(index + step) % len(ids)]
+        self._main.query_one("#tabs", Tabs).active = ids[(index + step) % len(ids)]
 
     def action_class_at(self, n: int) -> None:
         ids = self._tab_ids()
         if n < len(ids):
-            self.query_one("#tabs", Tabs).active = ids[n]
+            self._main.query_one("#tabs", Tabs).active = ids[n]
 
     def action_reveal(self) -> None:
         self.board.revealed = True
         self._dirty = True
 
     def action_toggle_feed(self) -> None:
-        self.query_one("#feed").toggle_class("-hidden")
+        self._main.query_one("#feed").toggle_class("-hidden")
 
     def feed_lines(self) -> list[str]:
         """The race-control feed as drawn (for tests), newest first."""

@@ -123,6 +123,7 @@ async def _session(
         await ws.send(json.dumps(message))
 
     stopping = asyncio.ensure_future(stop.wait())
+    receiving: asyncio.Future[str | bytes] | None = None
     try:
         if board.race is None:
             board.message = "Waiting for a race on air…"
@@ -151,7 +152,11 @@ async def _session(
                 await send({"op": "subscribe", "race": board.race})
             on_change()
     finally:
+        # Cancelled (the screen quits) while waiting: the read must not outlive the
+        # connection, or its error is never retrieved.
         stopping.cancel()
+        if receiving is not None:
+            receiving.cancel()
 
 
 async def _first_race(

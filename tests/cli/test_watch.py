@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +21,13 @@ from chequered.watch import view
 from chequered.watch.client import GatewayUrlError, gateway_url
 from chequered.watch.control import step_speed
 from chequered.watch.view import Board
+from tests.conftest import REPO
 from tests.support.gateway import running_gateway
 from tests.support.wait import until
 
+SCREENSHOT = REPO / "docs" / "img" / "watch.svg"
+UPDATE_SCREENSHOT = "CHEQUERED_UPDATE_SCREENSHOT"
+"""Set to 1 to refresh docs/img/watch.svg from the replay test; otherwise the docs stay put."""
 RACE = "imsa-2022-laguna-seca-race"
 """A real race, 2 h 42 min of racing: under 10 s of wall time at 1000x."""
 
@@ -330,7 +337,9 @@ def msgspec_replace(snap: board.Snapshot, **changes: Any) -> board.Snapshot:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_pipeline_missing() is not None, reason=str(_pipeline_missing()))
-async def test_the_screen_follows_and_controls_a_real_replay(mosquitto: Mosquitto) -> None:
+async def test_the_screen_follows_and_controls_a_real_replay(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
     from chequered.cli.live import load_timeline
     from chequered.watch.app import WatchApp
     from consumers.projector.service import run_projector
@@ -365,6 +374,12 @@ async def test_the_screen_follows_and_controls_a_real_replay(mosquitto: Mosquitt
                 assert state() == "paused"
                 await pilot.press("space")  # resume
                 await until(lambda: state() == "running", 10, "running")
+                # The help over a running race: the screen under it keeps drawing.
+                await pilot.press("question_mark")
+                await until(lambda: type(app.screen).__name__ == "HelpScreen", 5, "the help")
+                drawn = app.redraws
+                await until(lambda: app.redraws > drawn + 2, 10, "redraws under the help")
+                await pilot.press("escape")
                 await until(lambda: b.snapshot and b.snapshot.seq > half_seq, 60, "mid-race")
                 await pilot.press("space")  # pause
                 await until(lambda: state() == "paused", 10, "paused")
@@ -396,6 +411,10 @@ async def test_the_screen_follows_and_controls_a_real_replay(mosquitto: Mosquitt
                 await until(lambda: app.shown_cars() == in_class, 5, "the class tab")
                 assert app.cell(in_class[0], "gap") == "Leader"
                 await pilot.press("0")
+                await until(lambda: app.shown_cars() == want, 5, "the All tab")
+                shot = app.save_screenshot("watch.svg", str(tmp_path))
+                if os.environ.get(UPDATE_SCREENSHOT) == "1":
+                    shutil.copyfile(shot, SCREENSHOT)
 
                 # Speed down one step, then one lap back: the documented commands.
                 await pilot.press("minus")
