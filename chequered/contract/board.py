@@ -110,6 +110,8 @@ class SessionView(Struct, kw_only=True, omit_defaults=True):
     """Of those, laps completed under a full-course yellow or a red flag."""
     messages: int = 0
     """Race-control messages given so far (the latest are in the snapshot's ``messages``)."""
+    synthesised: bool = False
+    """The race is synthesised from its result (its ``session_open`` says so)."""
     provisional: bool = False
     """The order is the provisional classification: post-race decisions are awaited,
     and ``session_close`` (``finished``) brings the official one."""

@@ -72,6 +72,9 @@ class SessionInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
     start_time: str | None = None
     """Local time of day of the start, ``HH:MM:SS``."""
     round: int | None = None
+    synthesised: bool = False
+    """The session's laps were made up by the timeline from its result (no real timing):
+    the story is the model's within what the sources say (since contract 1.1)."""
 
 
 class SessionOpened(_Event, frozen=True, kw_only=True, tag="session_open"):

@@ -183,6 +183,7 @@ class RaceState(Struct, kw_only=True):
     laps_run: int = 0
     laps_neutralised: int = 0
     """Laps completed under a yellow or a red flag, of ``laps_run``."""
+    synthesised: bool = False
     provisional: bool = False
     """The provisional classification is folded and the official one not yet."""
 
@@ -225,6 +226,7 @@ def _session_open(state: RaceState, e: SessionOpened) -> None:
     state.message_count = 0
     state.laps_run = 0
     state.laps_neutralised = 0
+    state.synthesised = e.session.synthesised
     state.closed = False
     state.provisional = False
     state.gaps = 0
@@ -907,6 +909,7 @@ def session_view(state: RaceState, ordered: list[CarState] | None = None) -> Ses
         laps_run=state.laps_run,
         laps_neutralised=state.laps_neutralised,
         messages=state.message_count,
+        synthesised=state.synthesised,
         provisional=state.provisional,
     )
 

@@ -919,6 +919,15 @@
       const share = run ? (100 * (session.laps_neutralised || 0)) / run : null;
       this._el.yellow.textContent = share === null || this.covered ? "-" : `${Math.round(share)}%`;
       this.dataset.yellowShare = share === null ? "" : share.toFixed(1);
+      // A synthesised race runs as much yellow as its result needs: say so where it shows.
+      this.dataset.synthesised = session.synthesised ? "true" : "false";
+      this._el.yellow.parentElement.title = session.synthesised
+        ? "Share of the laps run so far under a yellow or a red flag. This race is synthesised " +
+          "from its result, which needs this much running behind the safety car."
+        : "Share of the laps run so far under a yellow or a red flag";
+      this._el.yellow.previousElementSibling.textContent = session.synthesised
+        ? "Yellow (sim)"
+        : "Yellow";
     },
 
     _renderRaceControl() {

@@ -176,6 +176,7 @@ def session_opened(recording: Recording, *, race: str) -> SessionOpened:
             date=facts.date,
             start_time=facts.start_time,
             round=facts.round,
+            synthesised=not recording.laps,
         ),
         classes=list(recording.classes),
         entries=entries,

@@ -10,6 +10,7 @@ far, and the cars of the newest message are highlighted in the board.
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,11 @@ async def test_a_viewer_follows_the_baltimore_story_in_the_feed(
             share = await element.get_attribute("data-yellow-share")
             assert share is not None and 0 < float(share) < 100
             await expect(page.locator(f"{BOARD} .yellow")).to_have_text(f"{round(float(share))}%")
+            # ... and that the race is synthesised, which is why it ran so much of it.
+            await expect(element).to_have_attribute("data-synthesised", "true")
+            yellow_fact = page.locator(f"{BOARD} .fact").filter(has=page.locator(".yellow"))
+            await expect(yellow_fact.locator("small")).to_have_text("Yellow (sim)")
+            await expect(yellow_fact).to_have_attribute("title", re.compile("synthesised"))
             await page.screenshot(path=str(tmp_path / "racecontrol.png"), full_page=True)
 
             # An embed that wants the table alone hides the feed.

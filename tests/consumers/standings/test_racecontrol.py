@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from chequered.contract.board import MESSAGES_KEPT, Snapshot, apply_delta
-from chequered.contract.events import Flag, RaceControl, Reset
+from chequered.contract.events import Flag, RaceControl, Reset, SessionOpened
 from consumers.standings import checkpoint
 from consumers.standings.fold import Board, RaceState, apply, delta, new_race, snapshot
 from tests.consumers.standings.test_fold import R, Script
@@ -52,9 +52,7 @@ def test_the_snapshot_keeps_only_the_latest_messages_oldest_first() -> None:
         say(script, 1_000 * (i + 1), f"message {i}")
     state = fold(script)
     snap = snapshot(state)
-    assert [m.text for m in snap.messages] == [
-        f"message {i}" for i in range(7, MESSAGES_KEPT + 7)
-    ]
+    assert [m.text for m in snap.messages] == [f"message {i}" for i in range(7, MESSAGES_KEPT + 7)]
     assert snap.session.messages == MESSAGES_KEPT + 7
     # The kept board of the projector says the same.
     assert Board().snapshot(state, None) == snap
@@ -121,3 +119,13 @@ def test_messages_survive_a_checkpoint() -> None:
     back = checkpoint.decode(checkpoint.encode(state))
     assert snapshot(back) == snapshot(state)
     assert isinstance(snapshot(back), Snapshot)
+
+
+def test_a_synthesised_race_says_so_on_the_board() -> None:
+    script = Script()
+    assert snapshot(fold(script)).session.synthesised is False
+    opened = script.events[0]
+    assert isinstance(opened, SessionOpened)
+    session = msgspec.structs.replace(opened.session, synthesised=True)
+    script.events[0] = msgspec.structs.replace(opened, session=session)
+    assert snapshot(fold(script)).session.synthesised is True
