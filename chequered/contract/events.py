@@ -226,7 +226,9 @@ class Penalty(_Event, frozen=True, kw_only=True, tag="penalty"):
     """A penalty given to one car: its time and its effect on the result.
 
     Added in contract 1.2. A post-race penalty comes between ``provisional`` and
-    ``session_close``; its effect is the car's place in each.
+    ``session_close``; its effect is the car's place in each. Its ``text`` is the
+    race-control feed's message (category ``penalty``): no ``race_control`` event
+    repeats it.
     """
 
     car: CarNumber
@@ -241,7 +243,8 @@ class Penalty(_Event, frozen=True, kw_only=True, tag="penalty"):
     position_after: Position | None = None
     """Its place in the official classification."""
     text: Annotated[str, Meta(min_length=1, max_length=500)]
-    """The decision as a timing screen's message feed shows it: ``#79 +23 s, post-race``."""
+    """The decision as a timing screen's message feed shows it: ``#79 +23 s, post-race:
+    3rd to 6th``, then the source's words when it gives any."""
     provenance: MessageProvenance = "timing"
 
 

@@ -357,7 +357,10 @@ def _flag(state: RaceState, e: Flag) -> None:
 def _race_control(state: RaceState, e: RaceControl) -> None:
     if not state.opened:
         raise Rejected(f"race {state.race} has no session_open yet")
-    said = Said(e.seq, e.t_ms, e.lap, e.category, e.text, list(e.cars), e.provenance)
+    _tell(state, Said(e.seq, e.t_ms, e.lap, e.category, e.text, list(e.cars), e.provenance))
+
+
+def _tell(state: RaceState, said: Said) -> None:
     messages = state.messages
     messages.append(said)
     if len(messages) > MESSAGES_KEPT:
@@ -393,6 +396,9 @@ def _penalty(state: RaceState, e: Penalty) -> None:
     car = _car(state, e.car)
     car.penalty = penalty_label(e)
     car.penalty_ms = e.penalty_ms
+    # The decision is also the feed's message: no race_control event repeats it.
+    leader = max((c.laps for c in state.cars.values()), default=0)
+    _tell(state, Said(e.seq, e.t_ms, leader, "penalty", e.text, [e.car], e.provenance))
 
 
 def _clock(state: RaceState, e: Clock) -> None:

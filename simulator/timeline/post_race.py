@@ -159,8 +159,9 @@ def _time_added(row: ClassificationRow, last: tuple[int, int] | None) -> int | N
 def amend(recording: Recording, events: list[Event], *, race: str) -> list[Event]:
     """``events`` (a race's numbered log, ending in ``session_close``) with the post-race
     steps: ``provisional`` as the last car takes the flag, then, ``POST_RACE_DECISION_MS``
-    later, a ``penalty`` and its race-control message per decision, then the official
-    classification. A log with no decision to show is returned as it is."""
+    later, a ``penalty`` per decision (its text is the feed's message: the standings
+    fold tells it), then the official classification. A log with no decision to show
+    is returned as it is."""
     if not events or not isinstance(events[-1], SessionClosed):
         return events
     found = decisions(recording, {e.car for e in events if isinstance(e, Finish)})
@@ -173,19 +174,20 @@ def amend(recording: Recording, events: list[Event], *, race: str) -> list[Event
     provisional = _provisional(close.classification, body, found)
     before = {row.car: row.position for row in provisional}
     after = {row.car: row.position for row in close.classification}
-    leader_laps = max((e.lap for e in body if isinstance(e, Lap)), default=0)
     cars = {d.car for d in found}
-    # A message already telling a decision after the flag is told with the decision.
-    told = {
-        i
-        for i, e in enumerate(body)
-        if isinstance(e, RaceControl)
-        and e.category == "penalty"
-        and e.t_ms >= flag_at
-        and e.cars
-        and e.cars[0] in cars
-    }
-    kept = [e for i, e in enumerate(body) if i not in told]
+    # A message already telling a decision after the flag (the synthesised timeline
+    # tells its notes) is told by the penalty instead, with the same words.
+    kept = [
+        e
+        for e in body
+        if not (
+            isinstance(e, RaceControl)
+            and e.category == "penalty"
+            and e.t_ms >= flag_at
+            and e.cars
+            and e.cars[0] in cars
+        )
+    ]
     out: list[Event] = [
         *kept,
         Provisional(
@@ -197,7 +199,7 @@ def amend(recording: Recording, events: list[Event], *, race: str) -> list[Event
         ),
     ]
     for d in found:
-        text = _text(d, before.get(d.car), after.get(d.car))
+        short = _text(d, before.get(d.car), after.get(d.car))
         out.append(
             Penalty(
                 race=race,
@@ -208,34 +210,12 @@ def amend(recording: Recording, events: list[Event], *, race: str) -> list[Event
                 penalty_ms=d.penalty_ms,
                 position_before=before.get(d.car),
                 position_after=after.get(d.car),
-                text=text,
+                text=_cut(f"{short}: {d.reason}" if d.reason else short),
                 provenance=d.provenance,
             )
         )
-        already = [body[i] for i in sorted(told) if _names(body[i], d.car)]
-        if already:
-            out.extend(replace(m, t_ms=decided_at) for m in already)
-            told -= {i for i in told if _names(body[i], d.car)}
-        else:
-            full = f"{text}: {d.reason}" if d.reason else text
-            out.append(
-                RaceControl(
-                    race=race,
-                    seq=1,
-                    t_ms=decided_at,
-                    lap=leader_laps,
-                    category="penalty",
-                    text=_cut(full),
-                    cars=[d.car],
-                    provenance=d.provenance,
-                )
-            )
     out.append(replace(close, t_ms=decided_at))
     return [replace(e, seq=i) for i, e in enumerate(out, start=1)]
-
-
-def _names(event: Event, car: str) -> bool:
-    return isinstance(event, RaceControl) and bool(event.cars) and event.cars[0] == car
 
 
 def _provisional(

@@ -75,6 +75,12 @@ async def test_widget_shows_provisional_then_the_penalty_then_the_official_order
                 "title", "#14 penalty: +23 s"
             )
             await expect(marker).to_be_visible()
+            # The decision is the newest message of the race-control feed.
+            newest = page.locator(f"{BOARD} .rc-feed .rc-item").first
+            await expect(newest).to_have_attribute("data-category", "penalty")
+            await expect(newest.locator(".rc-text")).to_have_text(
+                "#14 +23 s, post-race: 13th to 16th"
+            )
 
             delta = fold.delta(penalised, official)
             assert delta is not None

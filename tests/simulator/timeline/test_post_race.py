@@ -76,9 +76,8 @@ def test_a_penalty_column_and_a_remark_are_read() -> None:
     (row,) = [r for r in recording.classification if r.penalty_ms is not None]
     assert row.number == "14" and row.penalty_ms == 23_000
     assert row.note is not None and "Causing a collision" in row.note
-    stream = replay(recording, race="pen")
-    (message,) = [e for e in _of(ev.RaceControl, tuple(stream)) if e.category == "penalty"]
-    assert message.text == "#14 +23 s, post-race: 13th to 16th: Causing a collision"
+    (penalty,) = _of(ev.Penalty, replay(recording, race="pen"))
+    assert penalty.text == "#14 +23 s, post-race: 13th to 16th: Causing a collision"
 
 
 def test_the_committed_replays_have_no_post_race_decision() -> None:
@@ -119,10 +118,9 @@ def test_provisional_at_the_flag_then_the_penalty_then_the_official_result() -> 
     assert (penalty.car, penalty.penalty, penalty.penalty_ms) == ("14", "time", 23_000)
     assert (penalty.position_before, penalty.position_after, penalty.post_race) == (13, 16, True)
     assert penalty.text == "#14 +23 s, post-race: 13th to 16th"
-    (message,) = [e for e in _of(ev.RaceControl, stream) if e.category == "penalty"]
-    assert isinstance(message, ev.RaceControl)
-    assert message.cars == ["14"] and message.t_ms == penalty.t_ms
-    assert message.text.startswith(penalty.text)
+    assert penalty.provenance == "timing"
+    # The penalty is the feed's message: no race_control event repeats it.
+    assert not [e for e in _of(ev.RaceControl, stream) if e.category == "penalty"]
     for event in stream:
         assert ev.decode(ev.encode(event)) == event
 
@@ -144,6 +142,17 @@ def test_the_board_says_provisional_until_the_official_result() -> None:
     row = next(r for r in penalty.cars if r.car == "14")
     assert (row.penalty, row.penalty_ms, row.position) == ("+23 s", 23_000, 13)
     assert penalty.session.provisional
+    # The decision joins the race-control feed, dated by the leader's laps.
+    told = penalty.messages[-1]
+    assert (told.category, told.cars, told.text) == (
+        "penalty",
+        ["14"],
+        "#14 +23 s, post-race: 13th to 16th",
+    )
+    assert told.lap == 117 and told.provenance == "timing"
+    assert penalty.session.messages == provisional.session.messages + 1
+    delta = fold.delta(provisional, penalty)
+    assert delta is not None and [m.text for m in delta.messages] == [told.text]
     assert not close.session.provisional and close.session.finished
     row = next(r for r in close.cars if r.car == "14")
     assert (row.position, row.penalty) == (16, "+23 s")
@@ -169,16 +178,17 @@ def test_monterey_17_forfeits_its_points_and_keeps_its_place() -> None:
     assert (penalty.car, penalty.penalty, penalty.penalty_ms) == ("17", "points", None)
     assert penalty.position_before == penalty.position_after == 10
     assert penalty.provenance == "article"
-    assert penalty.text == "#17 points forfeited, post-race: 10th, position kept"
-    told = [
-        e for e in _of(ev.RaceControl, stream) if isinstance(e, ev.RaceControl) and "17" in e.cars
-    ]
-    assert len(told) == 1 and told[0].t_ms == penalty.t_ms and told[0].category == "penalty"
+    note = next(n for n in recording.notes if n.effect == "points_forfeited")
+    assert penalty.text == f"#17 points forfeited, post-race: 10th, position kept: {note.text}"
+    # The note is told once, by the penalty, not also by a message of its own.
+    assert not [e for e in _of(ev.RaceControl, stream) if "17" in e.cars and e.t_ms > 0]
     state = fold.new_race(recording.facts.id)
     for event in stream:
         fold.apply(state, event)
-    row = next(r for r in fold.snapshot(state).cars if r.car == "17")
+    board = fold.snapshot(state)
+    row = next(r for r in board.cars if r.car == "17")
     assert (row.position, row.penalty) == (10, "points forfeited")
+    assert [m.text for m in board.messages if "17" in m.cars] == [penalty.text]
 
 
 def test_a_car_disqualified_after_the_flag_is_classified_on_the_road_first() -> None:
@@ -193,7 +203,10 @@ def test_a_car_disqualified_after_the_flag_is_classified_on_the_road_first() -> 
     assert road["8"].status == "classified" and road["8"].position == 4
     assert (penalty.car, penalty.penalty) == ("8", "disqualification")
     assert (penalty.position_before, penalty.position_after) == (4, 6)
-    assert penalty.text == "#8 disqualified, post-race: 4th to 6th"
+    assert penalty.text == (
+        "#8 disqualified, post-race: 4th to 6th: "
+        "The #8 Ferrari was disqualified after post-race scrutineering found it underweight."
+    )
 
 
 @pytest.mark.parametrize("name", ["alms-2013-baltimore-race", "imsa-2021-lime-rock-race"])
@@ -216,8 +229,7 @@ def test_a_remark_of_a_penalty_after_the_race_is_a_decision() -> None:
     (penalty,) = _of(ev.Penalty, stream)
     assert (penalty.car, penalty.penalty, penalty.penalty_ms) == ("25", "time", 30_000)
     assert penalty.position_before == penalty.position_after == 14
-    (message,) = [e for e in _of(ev.RaceControl, stream) if e.category == "penalty"]
-    assert message.text == f"#25 +30 s, post-race: 14th, position kept: {remark}"
+    assert penalty.text == f"#25 +30 s, post-race: 14th, position kept: {remark}"
     # A remark of a penalty served in the race is no post-race decision.
     served = "\n".join(out).replace(remark, "Drive-through penalty for pit lane speeding")
     stream = tuple(replay(_import(served + "\n"), race="pen"))
