@@ -294,7 +294,7 @@ def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from consumers.gateway.server import run_gateway
+    from consumers.gateway.server import MetricsPortError, UnsupportedWebsockets, run_gateway
 
     address = broker_address(args)
     settings = gateway_settings(args)
@@ -304,5 +304,9 @@ def _serve(args: argparse.Namespace) -> int:
                 address, host=args.host, port=args.port, stop=stop, settings=settings
             )
         )
+    except UnsupportedWebsockets as exc:
+        raise UserError(str(exc)) from None
+    except MetricsPortError as exc:
+        raise UserError(f"--metrics-port {args.metrics_port}: cannot listen ({exc})") from None
     except OSError as exc:
         raise UserError(f"--host {args.host} --port {args.port}: cannot listen ({exc})") from None

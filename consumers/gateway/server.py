@@ -33,6 +33,7 @@ from consumers.gateway.core.session import ClientStats, Counts, clip, close_labe
 from consumers.gateway.core.settings import WEB_DIR, GatewaySettings
 from consumers.gateway.fanout import (
     Fanout,
+    UnsupportedWebsockets,
     Writer,
     check_websockets,
     limit_handshakes,
@@ -41,7 +42,16 @@ from consumers.gateway.fanout import (
 from consumers.gateway.http import Routes, peer_address
 from consumers.gateway.metrics import GatewayCollector, Gauges
 
-__all__ = ["WEB_DIR", "Gateway", "GatewaySettings", "run_gateway", "server_frame", "tls_context"]
+__all__ = [
+    "WEB_DIR",
+    "Gateway",
+    "GatewaySettings",
+    "MetricsPortError",
+    "UnsupportedWebsockets",
+    "run_gateway",
+    "server_frame",
+    "tls_context",
+]
 
 log = logmod.get(__name__)
 
@@ -213,10 +223,12 @@ class Gateway:
             busmod.parse_url(self.broker)  # a bad URL is the caller's error, not a reason to retry
         loop = asyncio.get_running_loop()
         self._fanout = Fanout(self.metrics, loop.call_soon)
-        self.start_grace()  # the broker's retained standings have not come in yet
-        broker_task = asyncio.create_task(self._broker.run())
+        broker_task: asyncio.Task[None] | None = None
         try:
             async with self._listen(host, port) as server, self._metrics_listener():
+                # Listening first: a port that is taken ends the run before the broker is asked.
+                self.start_grace()  # the broker's retained standings have not come in yet
+                broker_task = asyncio.create_task(self._broker.run())
                 bound = server.sockets[0].getsockname()[1]
                 log.info("gateway_listening", host=host, port=bound, broker=self.url)
                 if ready is not None and not ready.done():
@@ -233,7 +245,8 @@ class Gateway:
                 ready.set_exception(exc)
             raise
         finally:
-            await self._broker.stop(broker_task)
+            if broker_task is not None:
+                await self._broker.stop(broker_task)
             if self._grace is not None:
                 self._grace.cancel()
                 self._grace = None
@@ -272,18 +285,26 @@ class Gateway:
         async def never(_ws: ServerConnection) -> None:
             return  # process_request answers every request: no websocket is ever opened
 
-        async with serve(
-            never,
-            settings.metrics_host,
-            settings.metrics_port,
-            process_request=self.routes.private,
-            server_header=None,
-            open_timeout=settings.open_timeout_s,
-            logger=None,
-        ) as server:
+        try:
+            listener = await serve(
+                never,
+                settings.metrics_host,
+                settings.metrics_port,
+                process_request=self.routes.private,
+                server_header=None,
+                open_timeout=settings.open_timeout_s,
+                logger=None,
+            )
+        except OSError as exc:
+            raise MetricsPortError(exc.errno, exc.strerror or str(exc)) from exc
+        async with listener as server:
             self.metrics_port = server.sockets[0].getsockname()[1]
             log.info("metrics_listening", host=settings.metrics_host, port=self.metrics_port)
             yield server
+
+
+class MetricsPortError(OSError):
+    """The metrics listener (``metrics_port``) could not listen."""
 
 
 class BrokerLink:
