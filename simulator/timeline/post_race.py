@@ -71,6 +71,8 @@ class Decision:
     reason: str | None
     """The source's words, when it gives any (a note's text)."""
     provenance: MessageProvenance
+    laps_deducted: int = 0
+    """Laps the result takes away from those the car ran (a penalty in laps)."""
 
 
 def decisions(recording: Recording, finished: set[str] | None = None) -> list[Decision]:
@@ -80,6 +82,8 @@ def decisions(recording: Recording, finished: set[str] | None = None) -> list[De
       the car's last crossing by ``TIME_PENALTY_MIN_MS`` or more: a time penalty.
     - A row whose note (an export's remarks column) says of a penalty that it came
       after the race: a time penalty when it names seconds, else another penalty.
+    - With lap timing, a classified row with fewer laps than the car completed:
+      laps taken away (``other``).
     - A race note forfeiting points (``points_forfeited``): points, position kept.
     - A ``disqualified`` row whose car a race note says was disqualified, or that
       took the flag (in ``finished``): a disqualification.
@@ -105,7 +109,26 @@ def decisions(recording: Recording, finished: set[str] | None = None) -> list[De
         if row.number is None:
             continue
         car: str = row.number
-        added = _time_added(row, last_crossing.get(car))
+        ran = last_crossing.get(car)
+        if (
+            ran is not None
+            and row.laps is not None
+            and row.laps < ran[0]
+            and row.status in ("classified", "not_classified")
+        ):
+            # Classified on fewer laps than it completed: laps taken away after the race.
+            out.append(
+                Decision(
+                    car,
+                    "other",
+                    None,
+                    row.note,
+                    _MESSAGE_PROVENANCE[row.provenance],
+                    laps_deducted=ran[0] - row.laps,
+                )
+            )
+            ran = None  # its time is that of fewer laps: no time penalty to read from it
+        added = _time_added(row, ran)
         if added is not None:
             # The importer's own account of the penalty is the message already.
             said_of = [
@@ -285,6 +308,8 @@ def _text(d: Decision, before: int | None, after: int | None) -> str:
         what = "points forfeited"
     elif d.penalty == "disqualification":
         what = "disqualified"
+    elif d.laps_deducted:
+        what = f"-{d.laps_deducted} lap" + ("s" if d.laps_deducted > 1 else "")
     else:
         what = "penalty"
     if before is None or after is None:

@@ -234,3 +234,25 @@ def test_a_remark_of_a_penalty_after_the_race_is_a_decision() -> None:
     served = "\n".join(out).replace(remark, "Drive-through penalty for pit lane speeding")
     stream = tuple(replay(_import(served + "\n"), race="pen"))
     assert not _of(ev.Penalty, stream) and not _of(ev.Provisional, stream)
+
+
+def test_a_result_on_fewer_laps_than_the_car_ran_is_a_lap_penalty() -> None:
+    """#31 (3rd, 117 laps) classified on 116 laps with the time of its 116th: 5th."""
+    lines = (TIMING / f"{LAGUNA}-results.csv").read_text(encoding="utf-8-sig").splitlines()
+    laps = [r.split(",") for r in LAPS.read_text(encoding="utf-8-sig").splitlines()[1:] if r]
+    head = LAPS.read_text(encoding="utf-8-sig").splitlines()[0].split(",")
+    number, lap, elapsed = (head.index(c) for c in ("NUMBER", " LAP_NUMBER", " ELAPSED"))
+    at_116 = next(r[elapsed] for r in laps if r[number] == "31" and r[lap] == "116")
+    rows = {r.split(",")[1]: r.split(",") for r in lines[1:] if r}
+    rows["31"][3], rows["31"][4] = "116", at_116
+    order = ["10", "60", "5", "02", "31"]
+    out = [lines[0]]
+    for i, car in enumerate([*order, *(c for c in rows if c not in order)], start=1):
+        rows[car][0] = str(i)
+        out.append(",".join(rows[car]))
+    stream = tuple(replay(_import("\n".join(out) + "\n"), race="pen"))
+    (penalty,) = _of(ev.Penalty, stream)
+    assert (penalty.car, penalty.penalty, penalty.penalty_ms) == ("31", "other", None)
+    assert penalty.text == "#31 -1 lap, post-race: 3rd to 5th"
+    (provisional,) = _of(ev.Provisional, stream)
+    assert [r.car for r in provisional.classification][:5] == ["10", "60", "31", "5", "02"]
