@@ -115,8 +115,11 @@ def decisions(recording: Recording, finished: set[str] | None = None) -> list[De
             and row.laps is not None
             and row.laps < ran[0]
             and row.status in ("classified", "not_classified")
+            and (row.total_ms is None or row.total_ms >= ran[1] - TIME_PENALTY_MIN_MS)
         ):
-            # Classified on fewer laps than it completed: laps taken away after the race.
+            # Classified on fewer laps than it completed, in the time of them all: laps
+            # taken away after the race. (A result timed at an earlier crossing ends
+            # there: crossings after it, such as a lap after the flag, are no penalty.)
             out.append(
                 Decision(
                     car,

@@ -236,23 +236,40 @@ def test_a_remark_of_a_penalty_after_the_race_is_a_decision() -> None:
     assert not _of(ev.Penalty, stream) and not _of(ev.Provisional, stream)
 
 
-def test_a_result_on_fewer_laps_than_the_car_ran_is_a_lap_penalty() -> None:
-    """#31 (3rd, 117 laps) classified on 116 laps with the time of its 116th: 5th."""
+def _with_31_on(laps: str, total: str | None, order: list[str]) -> tuple[ev.Event, ...]:
     lines = (TIMING / f"{LAGUNA}-results.csv").read_text(encoding="utf-8-sig").splitlines()
-    laps = [r.split(",") for r in LAPS.read_text(encoding="utf-8-sig").splitlines()[1:] if r]
-    head = LAPS.read_text(encoding="utf-8-sig").splitlines()[0].split(",")
-    number, lap, elapsed = (head.index(c) for c in ("NUMBER", " LAP_NUMBER", " ELAPSED"))
-    at_116 = next(r[elapsed] for r in laps if r[number] == "31" and r[lap] == "116")
     rows = {r.split(",")[1]: r.split(",") for r in lines[1:] if r}
-    rows["31"][3], rows["31"][4] = "116", at_116
-    order = ["10", "60", "5", "02", "31"]
+    rows["31"][3] = laps
+    if total is not None:
+        rows["31"][4] = total
     out = [lines[0]]
     for i, car in enumerate([*order, *(c for c in rows if c not in order)], start=1):
         rows[car][0] = str(i)
         out.append(",".join(rows[car]))
-    stream = tuple(replay(_import("\n".join(out) + "\n"), race="pen"))
+    return tuple(replay(_import("\n".join(out) + "\n"), race="pen"))
+
+
+def test_a_result_on_fewer_laps_than_the_car_ran_is_a_lap_penalty() -> None:
+    """#31 (3rd, 117 laps) classified on 116 laps in the time of its 117: 5th."""
+    stream = _with_31_on("116", None, ["10", "60", "5", "02", "31"])
     (penalty,) = _of(ev.Penalty, stream)
     assert (penalty.car, penalty.penalty, penalty.penalty_ms) == ("31", "other", None)
     assert penalty.text == "#31 -1 lap, post-race: 3rd to 5th"
     (provisional,) = _of(ev.Provisional, stream)
     assert [r.car for r in provisional.classification][:5] == ["10", "60", "31", "5", "02"]
+
+
+def test_a_result_timed_at_an_earlier_crossing_is_no_penalty() -> None:
+    """A result that ends at the car's 116th crossing (a lap after it in the lap file, as
+    a lap run after the flag would be): no decision."""
+    head = LAPS.read_text(encoding="utf-8-sig").splitlines()
+    number, lap, elapsed = (
+        head[0].split(",").index(c) for c in ("NUMBER", " LAP_NUMBER", " ELAPSED")
+    )
+    at_116 = next(
+        r.split(",")[elapsed]
+        for r in head[1:]
+        if r.split(",")[number] == "31" and r.split(",")[lap].strip() == "116"
+    )
+    stream = _with_31_on("116", at_116.strip(), ["10", "60", "5", "02", "31"])
+    assert not _of(ev.Penalty, stream) and not _of(ev.Provisional, stream)
