@@ -12,10 +12,11 @@ in a callback. ``TESTED_AIOMQTT`` is the range the test suite pins.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import re
 import select
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 import aiomqtt
@@ -181,3 +182,55 @@ def take_disconnect_error(client: aiomqtt.Client) -> BaseException | None:
     if not future.done() or future.cancelled():
         return None
     return future.exception()
+
+
+@contextlib.contextmanager
+def failing_fast(client: aiomqtt.Client) -> Iterator[None]:
+    """Make the call inside end with ``BusError`` as soon as the connection breaks.
+
+    aiomqtt's publish and subscribe wait for the broker's answer with a timeout
+    (10 s) and do not watch the connection: a publish sent just before the
+    connection broke ended 10 s later as "Operation timed out", which hid the
+    real reason and held the service that long. This cancels the waiting task
+    when the connection breaks (as ``asyncio.timeout`` does), and says why.
+    """
+    lost: asyncio.Future[None] = client._disconnected
+    task = asyncio.current_task()
+    if task is None or lost.done():
+        yield  # already broken: the call fails on its own at once
+        return
+    fired = False
+
+    def on_lost(_: object) -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    lost.add_done_callback(on_lost)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if fired and task.uncancel() == 0:
+            cause = None if lost.cancelled() else lost.exception()
+            raise BusError(f"connection lost: {cause or 'closed'}") from cause
+        raise
+    finally:
+        lost.remove_done_callback(on_lost)
+
+
+async def open_connection(client: aiomqtt.Client) -> None:
+    """Connect (aiomqtt's ``__aenter__``), failing if the connection broke meanwhile.
+
+    aiomqtt replaces its disconnect future once connected if that one is already
+    done: a connection dropped just after the broker accepted it (another client
+    took its id over) then looked connected, its calls waiting for their 10 s
+    timeout, and its error was never read (asyncio's "Future exception was never
+    retrieved" traceback).
+    """
+    first: asyncio.Future[None] = client._disconnected
+    await client.__aenter__()
+    if client._disconnected is not first and first.done():
+        cause = None if first.cancelled() else first.exception()
+        with contextlib.suppress(aiomqtt.MqttError, OSError):
+            await client.__aexit__(None, None, None)
+        raise BusError(f"connection lost as it opened: {cause or 'closed'}") from cause

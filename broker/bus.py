@@ -185,11 +185,11 @@ class MqttBus:
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> None:
-        with _as_bus_error():
+        with _as_bus_error(), internals.failing_fast(self.client):
             await self.client.publish(topic, payload, qos=qos, retain=retain)
 
     async def subscribe(self, pattern: str, *, qos: int = 1) -> None:
-        with _as_bus_error():
+        with _as_bus_error(), internals.failing_fast(self.client):
             await self.client.subscribe(pattern, qos=qos)
 
     async def messages(self) -> AsyncIterator[Message]:
@@ -335,7 +335,7 @@ async def connect(
     if manual_ack:
         internals.set_manual_ack(client)
     with _as_bus_error():
-        await client.__aenter__()
+        await internals.open_connection(client)
     try:
         yield MqttBus(client, manual_ack=manual_ack)
     except BaseException as exc:

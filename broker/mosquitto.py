@@ -72,12 +72,18 @@ class Mosquitto:
         self.log_path = self.workdir / "mosquitto.log"
         self.conf_path = self.workdir / "mosquitto.conf"
         base = base_config.read_text() if base_config else ""
-        # The base config's listener is replaced by ours; everything else is kept.
+        # The base config's listeners are replaced by ours; everything else is kept. A
+        # sessions listener (one that ties client ids to user names) gets a port too.
+        sessions = any(
+            line.split() == ["use_username_as_clientid", "true"] for line in base.splitlines()
+        )
         base = "\n".join(
             line
             for line in base.splitlines()
-            if not line.strip().startswith(("listener", "log_dest"))
+            if not line.strip().startswith(("listener", "log_dest", "use_username_as_clientid"))
         )
+        self.sessions_port: int | None = free_port() if sessions else None
+        """The port of the listener where a client's id is its user name, if the config has one."""
         lines = [
             base,
             f"listener {self.port} 127.0.0.1",
@@ -88,6 +94,8 @@ class Mosquitto:
             "log_type information",
             "connection_messages true",
         ]
+        if self.sessions_port is not None:
+            lines += [f"listener {self.sessions_port} 127.0.0.1", "use_username_as_clientid true"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             # Started as root, mosquitto switches to the `mosquitto` user, which
             # cannot write the log or the persistence file in our private folder.
@@ -105,6 +113,13 @@ class Mosquitto:
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def sessions_url(self) -> str:
+        """The sessions listener's URL (no credentials: add a user's)."""
+        if self.sessions_port is None:
+            raise MosquittoError("this broker's config has no sessions listener")
+        return f"mqtt://127.0.0.1:{self.sessions_port}"
 
     def start(self) -> Mosquitto:
         if self.proc is not None and self.proc.poll() is None:

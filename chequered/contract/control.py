@@ -44,7 +44,16 @@ class Seek(_Command, frozen=True, kw_only=True, tag="seek"):
     lap: Annotated[int, Meta(ge=1)] | None = None
 
 
-Command = Pause | Resume | SetSpeed | Seek
+class Resend(_Command, frozen=True, kw_only=True, tag="resend"):
+    """Send the race again: a consumer that found seqs missing (``from_seq`` is the
+    first) asks for them. The producer answers as to a backward seek to the race's
+    current time: a ``reset``, then the race from its start up to now as fast as
+    possible, then at pace; a consumer that folds the stream ends exact."""
+
+    from_seq: Seq
+
+
+Command = Pause | Resume | SetSpeed | Seek | Resend
 
 ProducerState = Literal["idle", "running", "paused", "finished", "offline"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ from typing import Final
 from broker.backoff import Backoff
 from broker.bus import BrokerAddress, Bus, BusError, Message, connect
 from chequered import log
-from chequered.contract import board, topics
+from chequered.contract import board, control, topics
+from chequered.contract.control import Resend
 from chequered.contract.events import Clock, Event, Flag, Reset, SessionOpened
+from chequered.contract.partition import Partition
 from consumers.metrics import Registry, start_metrics_server
 from consumers.projector import checkpoints, intake
 from consumers.standings.fold import (
@@ -77,6 +80,13 @@ class ProjectorSettings:
     """Events held per race while its meta is awaited; beyond, the oldest are dead-lettered."""
     join_wait_races: int = 16
     """Races whose meta is awaited at once; events of one more are dead-lettered at once."""
+    resend_on_gap: bool = True
+    """On seqs found missing from a race, ask its producer to send the race again (control
+    ``resend``): its reset and replay bring the exact standings back. Off: the board stays
+    counted short (``gaps``) until someone seeks the replay back."""
+    resend_interval_s: float = 5.0
+    """Least time between two resend requests for one race: the replay they start takes a
+    moment, and a gap found during it must not start another."""
 
 
 def _metrics() -> tuple[Registry, ProjectorMetrics]:
@@ -99,6 +109,7 @@ class ProjectorMetrics:
         self.joins = c("joins", "Races joined midway, opened from their meta")
         self.held = c("held", "Events held until the meta of their race arrived")
         self.dead_letters = c("dead_letters", "Messages or events sent to a dead-letter topic")
+        self.resends = c("resends", "Requests to a producer to send a race again after a gap")
         self.reconnects = c("reconnects", "Connections to the broker lost or refused")
         self.snapshots_out = c("snapshots_out", "Retained snapshots published")
         self.deltas_out = c("deltas_out", "Deltas published")
@@ -151,8 +162,15 @@ class Projector:
         settings: ProjectorSettings | None = None,
         metrics: ProjectorMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        partition: Partition | None = None,
     ) -> None:
         self.settings = settings or ProjectorSettings()
+        self.partition = partition
+        """The races this projector owns, of a set of projectors; None: every race."""
+        self.events_wanted: list[str] = []
+        """With a partition: events topics of races owned and not yet subscribed to."""
+        self.events_topics: set[str] = set()
+        """With a partition: every events topic subscribed to (again after a reconnect)."""
         self.metrics = metrics or _metrics()[1]
         self.checkpoint_dir = checkpoint_dir
         self.clock = clock
@@ -161,6 +179,8 @@ class Projector:
             _log.info("checkpoint_loaded", race=state.race, seq=state.seq)
         self.standings = Standings(races)
         self.metrics.races.set(len(races))
+        for race in races:
+            self._want_events(race)
         self.published: dict[str, board.Snapshot] = {}
         """Per race, the board as of the last snapshot or delta published."""
         self.next_snapshot_at: dict[str, float] = {}
@@ -183,6 +203,11 @@ class Projector:
         """Dead letters to publish at the next flush."""
         self.held: dict[str, _Held] = {}
         """Per race with no state and no meta yet, its events waiting for the meta."""
+        self.resend_asked: dict[str, float] = {}
+        """Per race, when (``clock``) its producer was last asked to send it again."""
+        self.resend_owed: dict[str, int] = {}
+        """Per race with seqs found missing too soon after its last request, the first
+        missing: asked for once ``resend_interval_s`` has passed (``owed_resends``)."""
 
     # -- folding (no awaits) ----------------------------------------------------
 
@@ -216,6 +241,8 @@ class Projector:
         self.metrics.metas_in.inc()
         topic, payload = message.topic, message.payload
         race = topics.race_of(topic)
+        if race is not None and self.partition is not None and not self.partition.owns(race):
+            return  # another projector's race: not even decoded
         try:
             meta = intake.parse_meta(topic, payload, max_bytes=self.settings.max_payload_bytes)
             if meta is not None:
@@ -230,7 +257,26 @@ class Projector:
         if meta is None:
             self.standings.forget(race)  # the retained meta was cleared
             return
+        self._want_events(race)
         self._release(race)
+
+    def _want_events(self, race: str) -> None:
+        """With a partition, subscribe (at the next turn of ``serve``) to an owned race's
+        events: a projector of a set reads its own races only, never every race."""
+        if self.partition is None or not self.partition.owns(race):
+            return
+        topic = topics.topic(race, topics.EVENTS)
+        if topic not in self.events_topics:
+            self.events_topics.add(topic)
+            self.events_wanted.append(topic)
+
+    async def subscribe_events(self, bus: Bus, *, again: bool = False) -> None:
+        """Subscribe to the events topics wanted (``again``: every one, after a reconnect)."""
+        wanted = sorted(self.events_topics) if again else self.events_wanted
+        self.events_wanted = []
+        if wanted:
+            await asyncio.gather(*(bus.subscribe(topic, qos=1) for topic in wanted))
+            _log.info("projector_subscribed_races", topics=len(wanted))
 
     def fold(self, events: list[Event], topic: str) -> None:
         """Fold the events of one message (all of one race: ``intake.parse`` checked)."""
@@ -335,6 +381,8 @@ class Projector:
                 if outcome == RESET:
                     m.resets.inc()
                     _log.info("race_reset", race=race, seq=event.seq)
+                    # The race starts again from its start: nothing before is missing now.
+                    self.resend_owed.pop(race, None)
         self.touched[race] = touched
         if applied:
             m.applied.inc(applied)
@@ -359,6 +407,25 @@ class Projector:
                 intake.dead_event(reason, topic, event, wall=time.time()),
             )
         )
+        self._ask_resend(race, last + 1)
+
+    def _ask_resend(self, race: str, from_seq: int) -> None:
+        """Queue a ``resend`` command for the race's producer, at most one per interval."""
+        settings = self.settings
+        if not settings.resend_on_gap:
+            return
+        now = self.clock()
+        asked = self.resend_asked.get(race)
+        if asked is not None and now - asked < settings.resend_interval_s:
+            owed = self.resend_owed.get(race, from_seq)
+            self.resend_owed[race] = min(owed, from_seq)
+            return
+        self.resend_owed.pop(race, None)
+        self.resend_asked[race] = now
+        command = Resend(id=f"projector-{uuid.uuid4().hex[:16]}", from_seq=from_seq)
+        self.metrics.resends.inc()
+        _log.info("resend_asked", race=race, from_seq=from_seq, id=command.id)
+        self.outbox.append((topics.topic(race, topics.CONTROL), control.encode(command)))
 
     def _joined(self, event: Event, gaps_before: int, topic: str) -> None:
         race = event.race
@@ -385,6 +452,10 @@ class Projector:
                 intake.dead_event(reason, topic, event, wall=time.time()),
             )
         )
+        if self.partition is not None:
+            # A projector of a set subscribes to a race's events once its meta arrives:
+            # the first events can pass before that. Its producer sends the race again.
+            self._ask_resend(race, 1)
 
     def _dead(self, reason: str, topic: str, payload: bytes, *, race: str | None) -> None:
         self.metrics.dead_letters.inc()
@@ -476,11 +547,22 @@ class Projector:
                 out.append(self._snapshot(state, current, now))
         return out
 
+    def owed_resends(self) -> list[tuple[str, bytes, bool]]:
+        """Resend requests held back by ``resend_interval_s`` and now due."""
+        first = len(self.outbox)  # dead letters before it wait for their flush
+        for race, from_seq in sorted(self.resend_owed.items()):
+            self._ask_resend(race, from_seq)
+        out = [(topic, payload, False) for topic, payload in self.outbox[first:]]
+        del self.outbox[first:]
+        return out
+
     def next_due(self) -> float | None:
-        """Monotonic time at which the next owed snapshot may go out, or a wait for a
-        race's meta ends."""
+        """Monotonic time at which the next owed snapshot may go out, a wait for a
+        race's meta ends, or a held-back resend request may go."""
         due = [self.next_snapshot_at.get(race, 0.0) for race in self.owed]
         due.extend(held.deadline for held in self.held.values())
+        interval = self.settings.resend_interval_s
+        due.extend(self.resend_asked[race] + interval for race in self.resend_owed)
         return min(due, default=None)
 
     # -- the broker ---------------------------------------------------------
@@ -542,6 +624,8 @@ class Projector:
                 flush = stopping = False
                 if isinstance(item, Message):
                     self.handle(item)
+                    if self.events_wanted:
+                        await self.subscribe_events(bus)
                     folded += 1
                     if folded >= window or delay <= 0:
                         flush = True
@@ -564,7 +648,7 @@ class Projector:
                     folded = 0
                     await self.flush(sender)
                 if not isinstance(item, Message):
-                    await sender.send(self.owed_snapshots())
+                    await sender.send(self.owed_snapshots() + self.owed_resends())
                 if stopping:
                     await sender.drain()
                     return
@@ -682,8 +766,13 @@ async def run_projector(
     metrics_port: int | None = None,
     settings: ProjectorSettings | None = None,
     registry: Registry | None = None,
+    partition: Partition | None = None,
 ) -> None:
     """Fold ``chequered/v1/+/events`` into standings until ``stop`` is set.
+
+    With ``partition`` it is one of a set of projectors: it reads every race's meta
+    but subscribes only to the events of the races the partition owns
+    (``chequered.contract.partition``), each once its meta (or checkpoint) names it.
 
     ``ready`` is set once subscribed (on the first connection). The broker
     session is persistent (``client_id``, clean_session off); with
@@ -698,7 +787,10 @@ async def run_projector(
         registry, metrics = _metrics()
     else:
         metrics = ProjectorMetrics(registry)
-    projector = Projector(checkpoint_dir=checkpoint_dir, settings=settings, metrics=metrics)
+    projector = Projector(
+        checkpoint_dir=checkpoint_dir, settings=settings, metrics=metrics, partition=partition
+    )
+    events_pattern = EVENTS_PATTERN if partition is None else None
     server = None
     if metrics_port is not None:
         server = await start_metrics_server(
@@ -719,11 +811,18 @@ async def run_projector(
                     # arrive on the new subscription, and a race already running is
                     # joined without waiting. Both at once (the client sends them in call
                     # order): one round trip before the events flow, not two.
-                    await asyncio.gather(
-                        bus.subscribe(META_PATTERN, qos=1), bus.subscribe(EVENTS_PATTERN, qos=1)
-                    )
+                    patterns = [META_PATTERN] if events_pattern is None else [
+                        META_PATTERN, events_pattern
+                    ]  # fmt: skip
+                    await asyncio.gather(*(bus.subscribe(p, qos=1) for p in patterns))
+                    await projector.subscribe_events(bus, again=True)
                     metrics.connected.set(1)
-                    _log.info("projector_subscribed", pattern=EVENTS_PATTERN, client_id=client_id)
+                    _log.info(
+                        "projector_subscribed",
+                        pattern=events_pattern or "own races",
+                        partition=partition.label() if partition else None,
+                        client_id=client_id,
+                    )
                     await projector.publish_all(bus)
                     backoff.reset()
                     if ready is not None:

@@ -37,6 +37,7 @@ from chequered.contract.control import (
     Pause,
     ProducerState,
     Reply,
+    Resend,
     Resume,
     Seek,
     Status,
@@ -290,6 +291,12 @@ class Feed:
         if isinstance(command, Seek):
             target = self._seek_target(command)
             return self._due(now) + self.seek(target, now)
+        if isinstance(command, Resend):
+            if command.from_seq > self.seq:
+                raise CommandRejected(
+                    f"resend from seq {command.from_seq}: the last seq sent is {self.seq}"
+                )
+            return self._due(now) + self.resend(now)
         if isinstance(command, Pause):
             action: ClockAction = "pause"
             clock = self.clock.pause(now)
@@ -327,11 +334,17 @@ class Feed:
             )
         return command.t_ms
 
-    def seek(self, target_ms: int, now: float) -> list[Event]:
-        """Move the race to ``target_ms``: forward by catching up, backward by a reset."""
+    def resend(self, now: float) -> list[Event]:
+        """Send the race again up to where it is: a reset and a replay to the race clock."""
+        # Flat out the clock stays where it was started: the stream itself is ahead of it.
+        return self.seek(max(self.race_ms(now), self.position_ms), now, replay=True)
+
+    def seek(self, target_ms: int, now: float, *, replay: bool = False) -> list[Event]:
+        """Move the race to ``target_ms``: forward by catching up, backward by a reset
+        (``replay``: by a reset even when the target is not behind, to send it all again)."""
         if not 0 <= target_ms <= self.end_ms:
             raise CommandRejected(f"seek target {target_ms} ms is outside 0..{self.end_ms}")
-        if target_ms >= self.position_ms or not self.started:
+        if (target_ms >= self.position_ms and not replay) or not self.started:
             t_ms = self._stream_ms(min(self.clock.race_ms(now), target_ms))
             self.clock = self.clock.seek(target_ms, now)
             return [self._clock_event("seek", now, t_ms=t_ms, target_ms=target_ms)]

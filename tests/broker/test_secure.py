@@ -58,10 +58,18 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitt
         broker.stop()
 
 
-def url(broker: Mosquitto, user: str | None = None, password: str | None = None) -> str:
+def url(
+    broker: Mosquitto, user: str | None = None, password: str | None = None, *, port: int = 0
+) -> str:
     if user is None:
         return broker.url
-    return f"mqtt://{user}:{password or PASSWORDS[user]}@127.0.0.1:{broker.port}"
+    return f"mqtt://{user}:{password or PASSWORDS[user]}@127.0.0.1:{port or broker.port}"
+
+
+def sessions(broker: Mosquitto, user: str) -> str:
+    """The sessions listener, where a client's id is its user name (the projector's)."""
+    assert broker.sessions_port is not None
+    return url(broker, user, port=broker.sessions_port)
 
 
 def test_the_passwords_file_holds_hashes_for_the_four_roles() -> None:
@@ -116,7 +124,7 @@ async def first_payload(bus: Bus, topic: str) -> bytes:
         ("gateway", topics.STANDINGS),
         ("producer", topics.STANDINGS),
         ("producer", topics.CONTROL),
-        ("projector", topics.CONTROL),
+        ("gateway", topics.CONTROL),
     ],
 )
 async def test_each_role_writes_only_its_own_topics(
@@ -158,8 +166,7 @@ async def test_the_live_feed_runs_under_the_acl(secure_broker: Mosquitto) -> Non
     controller = url(secure_broker, "controller")
     stop, ready = asyncio.Event(), asyncio.Event()
     projector = asyncio.create_task(
-        run_projector(url(secure_broker, "projector"), stop=stop, ready=ready,
-                      client_id="secure-projector")
+        run_projector(sessions(secure_broker, "projector"), stop=stop, ready=ready)
     )  # fmt: skip
     await asyncio.wait_for(ready.wait(), 10)
     async with connect(url(secure_broker, "gateway")) as gateway:

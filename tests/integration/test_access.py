@@ -59,7 +59,7 @@ LEAVES = [
 MAY_WRITE = {
     "producer": {topics.META, topics.EVENTS, topics.STATUS},
     "controller": {topics.CONTROL},
-    "projector": {topics.STANDINGS, topics.STANDINGS_DELTA, topics.DEAD_LETTER},
+    "projector": {topics.STANDINGS, topics.STANDINGS_DELTA, topics.DEAD_LETTER, topics.CONTROL},
     "gateway": set(),
 }
 MAY_READ = {

@@ -120,7 +120,9 @@ def test_the_commands_are_valid_chequered_command_lines(compose: dict[str, Any])
         if check[0] == "chequered":
             parser.parse_args(check[1:])
         if name.endswith("-secure"):
-            assert "-dev-only@mosquitto-secure:1883" in " ".join(argv), name
+            # The projector on the sessions listener (1884), the others on 1883.
+            port = 1884 if name == "projector-secure" else 1883
+            assert f"-dev-only@mosquitto-secure:{port}" in " ".join(argv), name
 
 
 def test_the_dockerfile_installs_the_package_from_what_the_build_context_keeps() -> None:
@@ -174,5 +176,8 @@ def test_every_broker_config_starts_a_broker_without_complaint(name: str, tmp_pa
     assert "Config loaded" in said or "starting" in said
     complaints = [line for line in said.splitlines()
                   if re.search(r"error|warning|deprecated|recommended", line, re.I)
-                  and "should not be run as root" not in line]  # the tests' own choice  # fmt: skip
+                  and "should not be run as root" not in line  # the tests' own choice
+                  # Deprecated, yet Mosquitto 2's one way to keep a client id of the
+                  # sessions listener (broker/secure/mosquitto.conf) from being claimed.
+                  and "'clientid_prefixes' option is now deprecated" not in line]  # fmt: skip
     assert complaints == []
