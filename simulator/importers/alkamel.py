@@ -1128,7 +1128,9 @@ def _post_race_penalty(
             f"{results_name}: line {r.line}: car {r.number}'s penalty column says "
             f"{format_time(penalty)} but TOTAL_TIME is its last crossing plus {format_time(added)}"
         )
-    if penalty is None and added is not None and added >= PENALTY_MIN_MS:
+    running = r.status in ("classified", "not_classified")
+    if penalty is None and added is not None and added >= PENALTY_MIN_MS and running:
+        # (A retired car's time may run to when it stopped: no result to change.)
         penalty = added
     if penalty is not None and last is not None and r.total_ms is not None:
         notes.insert(

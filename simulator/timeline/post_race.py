@@ -178,6 +178,8 @@ def _time_added(row: ClassificationRow, last: tuple[int, int] | None) -> int | N
         return row.penalty_ms
     if row.total_ms is None or last is None or last[0] != row.laps:
         return None
+    if row.status not in ("classified", "not_classified"):
+        return None  # a retired car's time may run to when it stopped: no result to change
     added = row.total_ms - last[1]
     return added if added >= TIME_PENALTY_MIN_MS else None
 
