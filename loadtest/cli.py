@@ -16,6 +16,9 @@ from typing import Any
 from chequered.cli.live import add_fault_options, fault_rates
 from chequered.cli.main import UserError
 
+MAX_PROCESSES = 64
+"""Most projector or gateway processes one load test starts."""
+
 
 def _speed(text: str) -> float | None:
     if text.lower() in ("max", "asap", "none"):
@@ -129,6 +132,23 @@ def register(subparsers: Any) -> None:
         help="with --target-mqtt: the topic your consumer publishes per race, {race} in it "
         "(default: chequered/v1/{race}/standings and standings/delta)",
     )
+    scale = parser.add_argument_group("every core")
+    scale.add_argument(
+        "--projectors",
+        type=int,
+        default=1,
+        metavar="N",
+        help="projector processes, each owning a stable-hash partition of the races "
+        "(as chequered project --processes N; default 1)",
+    )
+    scale.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        metavar="M",
+        help="gateway processes on one port, SO_REUSEPORT (as chequered serve --workers M; "
+        "default 1)",
+    )
     load = parser.add_argument_group("offered load over time")
     load.add_argument(
         "--connect-rate",
@@ -159,6 +179,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--client-workers {args.client_workers}: give at least 1")
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,50}", args.race_prefix):
         raise UserError(f"--race-prefix {args.race_prefix}: lower-case letters, digits, - and _")
+    for flag, count in (("--projectors", args.projectors), ("--gateways", args.gateways)):
+        if not 1 <= count <= MAX_PROCESSES:
+            raise UserError(f"{flag} {count}: give 1 to {MAX_PROCESSES}")
     if args.compression and args.client_impl != "websockets":
         raise UserError("--compression needs --client-impl websockets")
     recording = args.recording or loadtest.DEFAULT_RECORDING
@@ -193,6 +216,8 @@ def _run(args: argparse.Namespace) -> int:
         connect_rate=args.connect_rate,
         ramp_s=args.ramp or 0.0,
         faults=fault_rates(args),
+        projectors=args.projectors,
+        gateways=args.gateways,
     )
     try:
         report = loadtest.run(config)

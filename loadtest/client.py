@@ -146,6 +146,8 @@ class Recorder:
         self.tally = LatencyTally()
         self.messages = 0
         self.received_bytes = 0
+        self.deltas = 0
+        self.delta_bytes = 0
 
     def on_message(self, state: ClientState, payload: bytes, now: float) -> None:
         self.messages += 1
@@ -158,6 +160,8 @@ class Recorder:
             return
         kind = probe.type
         if kind == "delta":
+            self.deltas += 1
+            self.delta_bytes += len(payload)
             state.last_at = now
             if state.chain.delta(probe.seq, probe.prev_seq) and probe.wall > 0:
                 self._latency(now - probe.wall)
@@ -544,6 +548,8 @@ class Worker:
             failed=failed,
             messages=rec.messages,
             received_bytes=rec.received_bytes,
+            deltas=rec.deltas,
+            delta_bytes=rec.delta_bytes,
             negative=rec.tally.negative,
             histogram=hist.encode() if hist.get_total_count() else b"",
             latency_sum_s=rec.tally.sum_s,
@@ -554,6 +560,7 @@ class Worker:
             clients=[s.result() for s in self.states] if final else [],
         )
         rec.messages = rec.received_bytes = rec.tally.negative = 0
+        rec.deltas = rec.delta_bytes = 0
         rec.tally.sum_s = 0.0
         hist.reset()
         encoded: bytes = tick_encoder.encode(tick)

@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 from urllib.parse import urlsplit
 
 import msgspec
@@ -135,6 +136,10 @@ class LoadConfig:
     offered load); 0 starts them all at once."""
     faults: FaultRates | None = None
     """A hostile feed: the producer injects these faults, and the report holds the record."""
+    projectors: int = 1
+    """Projector processes, each owning a stable-hash partition of the races."""
+    gateways: int = 1
+    """Gateway processes sharing the one port (SO_REUSEPORT)."""
 
     @property
     def mode(self) -> str:
@@ -286,11 +291,19 @@ def _report_every(conn: Connection, kind: str, read: Callable[[], object]) -> as
 
 
 def _projector_child(
-    conn: Connection, url: str, checkpoint_dir: str | None, client_id: str = "loadtest-projector"
+    conn: Connection,
+    url: str,
+    checkpoint_dir: str | None,
+    client_id: str = "loadtest-projector",
+    partition: tuple[int, int] | None = None,
 ) -> None:
     _quiet_child()
+    from chequered.contract.partition import Partition
     from consumers.metrics import Registry
     from consumers.projector.service import run_projector
+
+    if checkpoint_dir:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -305,6 +318,7 @@ def _projector_child(
                 stop=stop,
                 ready=ready,
                 registry=registry,
+                partition=Partition(*partition) if partition else None,
             )
         )
         waiting = asyncio.create_task(ready.wait())
@@ -321,22 +335,27 @@ def _projector_child(
     asyncio.run(main())
 
 
-def _gateway_child(conn: Connection, url: str, host: str, port: int = 0) -> None:
+def _gateway_child(
+    conn: Connection, url: str, host: str, port: int = 0, reuse_port: bool = False
+) -> None:
     _quiet_child()
-    from consumers.gateway.server import Gateway
+    from consumers.gateway.server import Gateway, GatewaySettings
 
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_sigterm(stop)
-        gateway = Gateway(url)
+        # Every client comes from this machine: the per-address and total limits would
+        # refuse all but the first few dozen.
+        gateway = Gateway(url, GatewaySettings(max_connections_per_address=None, max_clients=None))
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(gateway.run(host=host, port=port, stop=stop, ready=ready))
+        task = asyncio.create_task(
+            gateway.run(host=host, port=port, stop=stop, ready=ready, reuse_port=reuse_port)
+        )
         _send(conn, ("ready", await ready))
 
         def read() -> dict[str, object]:
             metrics = gateway.metrics
-            registry = getattr(metrics, "registry", None)
-            values: dict[str, object] = dict(registry.values()) if registry is not None else {}
+            values: dict[str, object] = dict(metrics.values())
             values["clients"] = len(gateway.clients)
             values["seqs"] = {
                 race: cache.snapshot.seq
@@ -731,6 +750,10 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
     client_children: list[_Child] = []
     scratch = Path(tempfile.mkdtemp(prefix="chequered-loadtest-"))
     projector_id = ""
+    projector_ids: list[str] = []
+    projectors: list[_Child] = []
+    gateways: list[_Child] = []
+    reserved: socket.socket | None = None
     ramp: asyncio.Task[None] | None = None
     url = config.broker or ""
     try:
@@ -746,11 +769,38 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
         own = config.mode == "own"
         if own:
             projector_id = f"loadtest-projector-{os.getpid()}-{int(time.time())}"
-            projector = _spawn("projector", _projector_child, url, checkpoint_dir, projector_id)
-            gateway = _spawn(
-                "gateway", _gateway_child, url, config.gateway_host, config.gateway_port
-            )
-            children += [projector, gateway]
+            n = config.projectors
+            for i in range(n):
+                # One projector: as ever. Several: partition I of N each, with a client id
+                # and a checkpoint folder of its own, as ``chequered project --processes``.
+                tag = f"{i + 1}of{n}"
+                cid = projector_id if n == 1 else f"{projector_id}-{tag}"
+                folder = checkpoint_dir
+                if n > 1 and checkpoint_dir:
+                    folder = f"{checkpoint_dir}/{tag}"
+                part = (i, n) if n > 1 else None
+                projectors.append(
+                    _spawn(f"projector-{tag}", _projector_child, url, folder, cid, part)
+                )
+                projector_ids.append(cid)
+            shared_port = config.gateway_port
+            if config.gateways > 1 and shared_port == 0:
+                # Every gateway listens on one port: hold a free one (bound, not listening,
+                # so the kernel hands it no connection) until the run ends.
+                reserved = _reserve_port(config.gateway_host)
+                shared_port = reserved.getsockname()[1]
+            for i in range(config.gateways):
+                gateways.append(
+                    _spawn(
+                        f"gateway-{i + 1}",
+                        _gateway_child,
+                        url,
+                        config.gateway_host,
+                        shared_port,
+                        config.gateways > 1,
+                    )
+                )
+            children += projectors + gateways
         # Not a daemon: it builds the timelines in a pool of processes of its own.
         producer = _spawn(
             "producer",
@@ -765,8 +815,10 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
         )
         children.append(producer)
         if own:
-            await _wait_for(projector, "ready", READY_TIMEOUT_S)
-            port = await _wait_for(gateway, "ready", READY_TIMEOUT_S)
+            for child in projectors:
+                await _wait_for(child, "ready", READY_TIMEOUT_S)
+            for child in gateways:
+                port = await _wait_for(child, "ready", READY_TIMEOUT_S)
         timeline_sizes: dict[str, int] = await _wait_for(producer, "built", BUILD_TIMEOUT_S)
         states = await announced(producer, races)
 
@@ -829,8 +881,8 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
             "loadtest": ProcessWatch("loadtest", [os.getpid()]),
         }
         if own:
-            watches["projector"] = ProcessWatch("projector", [_pid(projector)])
-            watches["gateway"] = ProcessWatch("gateway", [_pid(gateway)])
+            watches["projector"] = ProcessWatch("projector", [_pid(c) for c in projectors])
+            watches["gateway"] = ProcessWatch("gateway", [_pid(c) for c in gateways])
         if broker is not None and broker.proc is not None:
             watches["mosquitto"] = ProcessWatch("mosquitto", [broker.proc.pid])
         for watch in watches.values():
@@ -839,7 +891,17 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
 
         load_start = _load()
         # Go: every race resumes at once, and the clock of the report starts.
-        baseline = (projector.latest("metrics") if own else None) or {}
+        latest: dict[str, dict[str, Any]] = {}
+        """Per component process, its last metrics."""
+
+        def component(children_of: list[_Child]) -> dict[str, Any]:
+            for child in children_of:
+                update = child.latest("metrics")
+                if update:
+                    latest[child.name] = update
+            return sum_metrics([latest[c.name] for c in children_of if c.name in latest])
+
+        baseline = component(projectors) if own else {}
         applied_before = int(baseline.get("applied", 0))
         produced_before = sum(seq for _, seq in states.values())
         resumed = [0]
@@ -868,12 +930,12 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
                 if update:
                     states.update(update)
             produced = sum(seq for _, seq in states.values())
-            metrics = projector.latest("metrics") if own else None
+            metrics = component(projectors) if own else None
             if metrics:
                 counters["projector"] = metrics
             applied = int(counters["projector"].get("applied", 0))
             if own:
-                counters["gateway"] = gateway.latest("metrics") or counters["gateway"]
+                counters["gateway"] = component(gateways) or counters["gateway"]
             agg.running(now, resumed[0])
             if produced > counters["produced"]:
                 counters["produced_at"] = now
@@ -1027,6 +1089,7 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
             # The truth the clients' loss figures are to be read against.
             report["injected"] = producer.latest("injected") or {}
         report["load_curve"] = agg.load_curve(stepped=config.ramp_s > 0, until_s=run_s)
+        report["verdict"] = verdict(report)
         if not own:
             # Nothing of ours folded the events: the projector's figures are unknown.
             report["events"]["folded"] = report["events"]["folded_per_s"] = None
@@ -1040,16 +1103,41 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
             _terminate(c)
         for c in reversed(children):
             _terminate(c)
+        if reserved is not None:
+            reserved.close()
         if broker is not None:
             broker.stop()
         elif projector_id or config.mode != "own":
             with contextlib.suppress(Exception):  # the broker may be what failed
                 async with asyncio.timeout(READY_TIMEOUT_S):
                     # The standings of a service under test are its own: left alone.
-                    sessions = [projector_id] if projector_id else []
+                    sessions = projector_ids
                     leaves = None if projector_id else OURS
                     await clear_retained(url, races, sessions=sessions, leaves=leaves)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _reserve_port(host: str) -> socket.socket:
+    """A socket bound to a free port with SO_REUSEPORT, not listening: the gateways share
+    its port, and nothing else takes it while the socket is open."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host or "0.0.0.0", 0))
+    return sock
+
+
+def sum_metrics(values: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The metrics of several processes of one component as one: counts added up."""
+    out: dict[str, Any] = {}
+    for one in values:
+        for key, value in one.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[key] = out.get(key, 0) + value
+            elif isinstance(value, dict) and isinstance(out.get(key, {}), dict):
+                out[key] = {**out.get(key, {}), **value}
+            else:
+                out.setdefault(key, value)
+    return out
 
 
 def _spawn_workers(index: int, cfg: WorkerConfig) -> _Child:
@@ -1159,6 +1247,8 @@ def build_report(
             "megabytes_per_s": round(agg.received_bytes / drained_s / 1e6, 3)
             if drained_s > 0
             else 0.0,
+            "deltas": agg.deltas,
+            "mean_delta_bytes": round(agg.delta_bytes / agg.deltas, 1) if agg.deltas else 0.0,
         },
         "latency_ms": agg.summary(),
         "latency_negative": agg.negative,
@@ -1171,10 +1261,104 @@ def build_report(
         )
         if drained_s > 0
         else 0.0,
+        "cpu_share": cpu_share(processes),
+        "unit_cost_us": unit_costs(
+            processes, produced=produced_in_run, folded=folded_in_run, frames=agg.messages
+        ),
         "component_metrics": component_metrics,
         "timeseries": agg.series(),
         "per_client": client_rows(agg.clients),
     }
+
+
+STAGES = {
+    "producer": "producer",
+    "projector": "projector",
+    "gateway": "gateway",
+    "mosquitto": "broker",
+    "clients": "load generator (clients)",
+    "loadtest": "load generator (harness)",
+}
+"""Process group name to the stage it is, as the report names it."""
+
+TARGET: Final = {"races": 100, "speed": 60.0, "clients": 2000, "duration_s": 60.0}
+"""The load the project is to carry on two cores (``PERFORMANCE.md``)."""
+TARGET_P99_MS: Final = 100.0
+
+
+def cpu_share(processes: Mapping[str, Any]) -> dict[str, float]:
+    """Each stage's share (%) of the CPU time the whole test used, the load generator's in."""
+    cpu = {
+        STAGES.get(name, name): float(p["cpu_s"])
+        for name, p in processes.items()
+        if isinstance(p, Mapping)
+    }
+    total = sum(cpu.values())
+    return {name: round(100 * v / total, 1) if total else 0.0 for name, v in cpu.items()}
+
+
+def unit_costs(
+    processes: Mapping[str, Any], *, produced: int, folded: int, frames: int
+) -> dict[str, float | None]:
+    """CPU time (µs) per unit of each stage's work in this run: per event produced, per
+    event folded, per websocket frame sent, per frame received, per event through the broker.
+
+    The window is the same for all (from just before the resume to the end of the drain),
+    so the figures add up to what the run cost; a stage that did nothing gets None.
+    """
+
+    def per(name: str, count: int) -> float | None:
+        p = processes.get(name)
+        if not isinstance(p, Mapping) or count <= 0:
+            return None
+        return round(1e6 * float(p["cpu_s"]) / count, 2)
+
+    return {
+        "producer_per_event": per("producer", produced),
+        "projector_per_event": per("projector", folded),
+        "gateway_per_frame": per("gateway", frames),
+        "clients_per_frame": per("clients", frames),
+        "broker_per_event": per("mosquitto", produced),
+    }
+
+
+def verdict(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether the run met the target, and one line that says so and why not."""
+    cfg = report["config"]
+    loss = report["loss"]
+    p99 = float(report["latency_ms"]["p99"])
+    shape = (
+        cfg["races"] >= TARGET["races"]
+        and (cfg["speed"] or 0) >= TARGET["speed"]
+        and cfg["clients"] >= TARGET["clients"]
+        and cfg["duration_s"] >= TARGET["duration_s"]
+    )
+    misses = []
+    if loss["gaps"] or loss["duplicates"]:
+        misses.append(f"{loss['gaps']} gaps, {loss['duplicates']} duplicates")
+    if loss["clients_behind"]:
+        misses.append(f"{loss['clients_behind']} clients behind at the end")
+    if report["websocket"]["connected"] < cfg["clients"]:
+        misses.append(f"{report['websocket']['connected']}/{cfg['clients']} clients connected")
+    if p99 >= TARGET_P99_MS:
+        misses.append(f"p99 {p99:,.1f} ms")
+    met = shape and not misses
+    load = (
+        f"{TARGET['races']} races at {TARGET['speed']:g}x, {TARGET['clients']:,} clients, "
+        f"{TARGET['duration_s']:g} s"
+    )
+    if met:
+        line = f"TARGET MET ({load}: lossless, no client behind, p99 {p99:,.1f} ms < 100 ms)"
+    elif shape:
+        line = f"TARGET NOT MET ({load}): " + "; ".join(misses)
+    else:
+        ran = (
+            f"{cfg['races']} races at {cfg['speed'] or 0:g}x, {cfg['clients']:,} clients, "
+            f"{cfg['duration_s']:g} s"
+        )
+        rest = "; ".join(misses) if misses else "lossless, p99 under 100 ms"
+        line = f"not the target load ({ran}, not {load}): {rest}"
+    return {"met": met, "target_shape": shape, "line": line}
 
 
 def _plain(value: object) -> object:
@@ -1222,12 +1406,18 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         f"resyncs {loss['resyncs']}, clients behind {loss['clients_behind']}"
         + ("  (lossless)" if loss["lossless"] else ""),
     ]
-    for name in ("producer", "projector", "gateway", "mosquitto", "clients"):
+    share = report.get("cpu_share", {})
+    for name in ("producer", "projector", "gateway", "mosquitto", "clients", "loadtest"):
         p = procs.get(name)
         if p:
             lines.append(
-                f"{name:<9} cpu {p['cpu_percent']:5.1f}%  peak rss {p['peak_rss_mb']:7.1f} MB"
+                f"{name:<9} cpu {p['cpu_percent']:5.1f}%  peak rss {p['peak_rss_mb']:7.1f} MB  "
+                f"share of the test's CPU {share.get(STAGES[name], 0.0):4.1f}%"
             )
+    cost = report.get("unit_cost_us", {})
+    if cost:
+        shown = "  ".join(f"{k} {v:g}" for k, v in cost.items() if v is not None)
+        lines.append(f"cpu/unit  {shown} (µs)")
     for race, truth in report.get("injected", {}).items():
         done = ", ".join(f"{k} {v}" for k, v in truth["injected"].items()) or "nothing"
         e = truth["expected"]
@@ -1246,4 +1436,6 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         f"machine   {report['cpu_cores_used']:.2f} cores used by the test of "
         f"{report['machine']['cores']}; load average {load.get('start')} -> {load.get('end')}"
     )
+    if "verdict" in report:
+        lines.append(report["verdict"]["line"])
     return lines

@@ -217,6 +217,9 @@ class WorkerTick(msgspec.Struct, kw_only=True):
     """Per race, the highest last seq among them: what a service under test reached."""
     final: bool = False
     clients: list[ClientResult] = []
+    deltas: int = 0
+    """Delta frames received in this interval (snapshots and replies not counted)."""
+    delta_bytes: int = 0
 
 
 tick_encoder = msgspec.msgpack.Encoder()
@@ -256,6 +259,8 @@ class Aggregate:
     intervals: dict[int, Interval] = field(default_factory=dict)
     messages: int = 0
     received_bytes: int = 0
+    deltas: int = 0
+    delta_bytes: int = 0
     negative: int = 0
     connected: dict[int, int] = field(default_factory=dict)
     failed: dict[int, int] = field(default_factory=dict)
@@ -284,6 +289,8 @@ class Aggregate:
         slot.received_bytes += tick.received_bytes
         self.messages += tick.messages
         self.received_bytes += tick.received_bytes
+        self.deltas += tick.deltas
+        self.delta_bytes += tick.delta_bytes
         self.negative += tick.negative
         self.connected[tick.worker] = tick.connected
         self.failed[tick.worker] = tick.failed

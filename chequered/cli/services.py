@@ -64,6 +64,21 @@ def register(subparsers: Any) -> None:
         help="serve Prometheus metrics on 127.0.0.1:PORT/metrics, and /healthz (200 once "
         "subscribed to the events, else 503)",
     )
+    scale = project.add_mutually_exclusive_group()
+    scale.add_argument(
+        "--partition",
+        metavar="I/N",
+        help="be projector I of N: fold only the races a stable hash of the race id gives "
+        "to I, subscribing to their events topics alone (use a client id and checkpoint "
+        "folder of its own per partition)",
+    )
+    scale.add_argument(
+        "--processes",
+        metavar="N",
+        help="run N projectors, partition 1/N to N/N, client ids CLIENT-ID-IofN, "
+        "checkpoints in CHECKPOINT-DIR/IofN, metrics on METRICS-PORT+I-1; one that dies "
+        "is started again from its checkpoints (default 1)",
+    )
     project.set_defaults(handler=_project)
 
     serve = subparsers.add_parser(
@@ -81,6 +96,12 @@ def register(subparsers: Any) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
     serve.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument(
+        "--workers",
+        metavar="M",
+        help="run M gateway processes on the one port (SO_REUSEPORT), metrics on "
+        "METRICS-PORT+I-1; one that dies is started again (default 1)",
+    )
     access = serve.add_argument_group("access and limits")
     access.add_argument(
         "--allow-origin",
@@ -154,6 +175,11 @@ def _check_checkpoint_dir(path: Path | None) -> None:
         raise UserError(f"--checkpoint-dir {path}: cannot create it ({exc.strerror})") from None
 
 
+def _logs(args: argparse.Namespace) -> tuple[str, bool | None]:
+    """The log level and format the command was given, for the processes it starts."""
+    return getattr(args, "log_level", "warning"), True if getattr(args, "log_json", False) else None
+
+
 def _run_until_signal(make: Any) -> int:
     """Run ``make(stop)`` with SIGINT and SIGTERM setting ``stop``."""
 
@@ -174,6 +200,26 @@ def _project(args: argparse.Namespace) -> int:
 
     address = broker_address(args)
     _check_checkpoint_dir(args.checkpoint_dir)
+    partition = None
+    if args.partition is not None:
+        from chequered.contract.partition import parse
+
+        try:
+            partition = parse(args.partition)
+        except ValueError as exc:
+            raise UserError(f"--partition {exc}") from None
+    processes = _count("--processes", args.processes) or 1
+    if processes > 1:
+        from chequered.cli.cluster import run_projectors
+
+        return run_projectors(
+            address,
+            processes,
+            client_id=args.client_id,
+            checkpoint_dir=args.checkpoint_dir,
+            metrics_port=args.metrics_port,
+            logs=_logs(args),
+        )
     try:
         return _run_until_signal(
             lambda stop: run_projector(
@@ -182,6 +228,7 @@ def _project(args: argparse.Namespace) -> int:
                 client_id=args.client_id,
                 stop=stop,
                 metrics_port=args.metrics_port,
+                partition=partition,
             )
         )
     except OSError as exc:
@@ -298,6 +345,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     address = broker_address(args)
     settings = gateway_settings(args)
+    workers = _count("--workers", args.workers) or 1
+    if workers > 1:
+        if args.port == 0:
+            raise UserError("--workers: give the one --port they share (not 0)")
+        from chequered.cli.cluster import run_gateways
+
+        return run_gateways(
+            address, workers, host=args.host, port=args.port, settings=settings, logs=_logs(args)
+        )
     try:
         return _run_until_signal(
             lambda stop: run_gateway(

@@ -215,6 +215,7 @@ class Gateway:
         port: int = 8080,
         stop: asyncio.Event | None = None,
         ready: asyncio.Future[int] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         settings = self.settings
         check_websockets()  # names what a websockets release lacks, before anyone connects
@@ -225,7 +226,7 @@ class Gateway:
         self._fanout = Fanout(self.metrics, loop.call_soon)
         broker_task: asyncio.Task[None] | None = None
         try:
-            async with self._listen(host, port) as server, self._metrics_listener():
+            async with self._listen(host, port, reuse_port) as server, self._metrics_listener():
                 # Listening first: a port that is taken ends the run before the broker is asked.
                 self.start_grace()  # the broker's retained standings have not come in yet
                 broker_task = asyncio.create_task(self._broker.run())
@@ -252,7 +253,7 @@ class Gateway:
                 self._grace = None
             self.cache.drop_all_pending()
 
-    def _listen(self, host: str, port: int) -> Any:
+    def _listen(self, host: str, port: int, reuse_port: bool = False) -> Any:
         settings = self.settings
 
         return serve(
@@ -272,6 +273,9 @@ class Gateway:
             open_timeout=settings.open_timeout_s,
             ssl=tls_context(settings),
             logger=None,
+            # Several gateway processes on one port (``chequered serve --workers``): the
+            # kernel spreads the connections over them.
+            reuse_port=reuse_port or None,
         )
 
     @contextlib.asynccontextmanager
@@ -421,9 +425,13 @@ async def run_gateway(
     stop: asyncio.Event | None = None,
     ready: asyncio.Future[int] | None = None,
     settings: GatewaySettings | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve the websocket gateway and the widget until ``stop`` is set.
 
-    ``ready`` resolves to the bound port (``port=0`` picks a free one).
+    ``ready`` resolves to the bound port (``port=0`` picks a free one); with
+    ``reuse_port`` other processes may listen on the same port (SO_REUSEPORT).
     """
-    await Gateway(url, settings).run(host=host, port=port, stop=stop, ready=ready)
+    await Gateway(url, settings).run(
+        host=host, port=port, stop=stop, ready=ready, reuse_port=reuse_port
+    )
