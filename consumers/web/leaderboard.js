@@ -79,6 +79,12 @@
     return `${h}:${m}:${s}`;
   }
 
+  /** The board tells the result: the official classification, or the provisional one
+   *  (the order at the flag, before post-race decisions). */
+  function decided(session) {
+    return Boolean(session.finished || session.provisional);
+  }
+
   function classSlug(cls) {
     return String(cls).replace(/[^A-Za-z0-9_-]/g, "_");
   }
@@ -236,7 +242,7 @@
     get covered() {
       const session = this._session;
       return Boolean(
-        this.spoilerSafe && session && session.finished && !this._sawRunning && !this._revealed,
+        this.spoilerSafe && session && decided(session) && !this._sawRunning && !this._revealed,
       );
     }
 
@@ -466,7 +472,7 @@
     _applySnapshot(snap) {
       const fresh = this._session === null;
       this._session = snap.session;
-      if (!snap.session.finished) this._sawRunning = true;
+      if (!decided(snap.session)) this._sawRunning = true;
       this._cars = new Map(snap.cars.map((row) => [row.car, row]));
       for (const [car, tr] of this._rows) {
         if (!this._cars.has(car)) {
@@ -486,7 +492,7 @@
     _applyDelta(delta) {
       if (delta.session) {
         this._session = delta.session;
-        if (!delta.session.finished) this._sawRunning = true;
+        if (!decided(delta.session)) this._sawRunning = true;
         this._anchorClock(delta.session.t_ms);
       }
       for (const row of delta.cars || []) this._cars.set(row.car, row);

@@ -91,3 +91,22 @@ async def test_widget_shows_provisional_then_the_penalty_then_the_official_order
             order = await row_order(page)
             assert order[12:16] == ["25", "3", "16", "14"]
             await expect(car).to_have_attribute("data-penalty", "+23 s")
+
+
+async def test_spoiler_safe_covers_a_provisional_result_not_watched(
+    module_mosquitto: Mosquitto,
+) -> None:
+    provisional = boards()[0]
+    provisional = msgspec.structs.replace(provisional, race=f"{RACE}-s")
+    async with bus.connect(module_mosquitto.url) as pub:
+        await publish_snapshot(pub, provisional)
+        async with (
+            running_gateway(module_mosquitto.url) as (gateway, port),
+            chromium_page() as page,
+        ):
+            await until(lambda: f"{RACE}-s" in gateway.races, "the retained snapshot")
+            await page.goto(f"http://127.0.0.1:{port}/?race={RACE}-s&spoilers=off")
+            element = page.locator(BOARD)
+            await expect(element).to_have_attribute("data-seq", str(provisional.seq))
+            # The order at the flag tells the result as the official one would.
+            await expect(element).to_have_attribute("data-covered", "true")
