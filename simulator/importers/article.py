@@ -615,26 +615,20 @@ def prose_sentences(text: str) -> list[tuple[int, str]]:
     def flush() -> None:
         if not paragraph:
             return
-        first = paragraph[0][0]
-        starts: list[tuple[int, int]] = []  # (offset in the joined text, line)
-        pieces: list[str] = []
+        flat = " ".join(piece for _, piece in paragraph)
+        starts: list[int] = []  # where each line of the paragraph begins in ``flat``
         offset = 0
-        for number, piece in paragraph:
-            starts.append((offset, number))
-            pieces.append(piece)
+        for _, piece in paragraph:
+            starts.append(offset)
             offset += len(piece) + 1
-        flat = " ".join(pieces)
-        begin = 0
-        k = 0
-        for m in _SENTENCE_END.finditer(flat):
-            while k + 1 < len(starts) and starts[k + 1][0] <= begin:
+        ends = [(m.start(), m.end()) for m in _SENTENCE_END.finditer(flat)]
+        begin = k = 0
+        for end, after in [*ends, (len(flat), len(flat))]:
+            while k + 1 < len(starts) and starts[k + 1] <= begin:
                 k += 1
-            out.append((starts[k][1] if starts else first, flat[begin : m.start()]))
-            begin = m.end()
-        while k + 1 < len(starts) and starts[k + 1][0] <= begin:
-            k += 1
-        if begin < len(flat):
-            out.append((starts[k][1], flat[begin:]))
+            if begin < end:
+                out.append((paragraph[k][0], flat[begin:end]))
+            begin = after
         paragraph.clear()
 
     for number, line in enumerate(text.splitlines(), start=1):
