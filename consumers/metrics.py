@@ -1,9 +1,10 @@
-"""Counters and gauges of one service, and a tiny HTTP responder for Prometheus.
+"""Counters and gauges of one service, exposed through prometheus_client, and ``/healthz``.
 
 A service declares its metrics once (``Registry.counter`` / ``.gauge``) and
-bumps them in its hot path (one attribute add); ``render`` gives the
-Prometheus text format that ``start_metrics_server`` answers on ``GET /metrics``,
-beside a ``/healthz`` that says whether the service is ready.
+bumps them in its hot path (one attribute add, no lock); prometheus_client
+reads them only when ``/metrics`` is scraped (``Registry`` is its collector)
+and writes the text format. ``start_metrics_server`` answers ``GET /metrics``
+and a ``/healthz`` that says whether the service is ready.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from chequered import log
 
@@ -58,12 +63,14 @@ class Gauge:
         self.value -= n
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashable by identity: prometheus_client keys collectors
 class Registry:
-    """The metrics of one service, all named ``<namespace>_<name>``."""
+    """The metrics of one service, all named ``<namespace>_<name>`` (counters end in
+    ``_total`` on the wire); a prometheus_client collector of them."""
 
     namespace: str
     _metrics: dict[str, Counter | Gauge] = field(default_factory=dict)
+    _exposition: CollectorRegistry | None = None
 
     def counter(self, name: str, help: str) -> Counter:
         metric = Counter(self._full(name), help)
@@ -84,18 +91,20 @@ class Registry:
         """Current values by short name (without the namespace)."""
         return {name: m.value for name, m in self._metrics.items()}
 
-    def render(self) -> str:
-        """Prometheus text exposition format, version 0.0.4."""
-        out: list[str] = []
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client's collector protocol: the metrics as they are now."""
         for metric in self._metrics.values():
-            kind = "counter" if isinstance(metric, Counter) else "gauge"
-            # Counters end in _total by Prometheus convention.
-            name = f"{metric.name}_total" if kind == "counter" else metric.name
-            out.append(f"# HELP {name} {metric.help}")
-            out.append(f"# TYPE {name} {kind}")
-            value = metric.value
-            out.append(f"{name} {int(value) if float(value).is_integer() else value}")
-        return "\n".join(out) + "\n"
+            if isinstance(metric, Counter):
+                yield CounterMetricFamily(metric.name, metric.help, value=metric.value)
+            else:
+                yield GaugeMetricFamily(metric.name, metric.help, value=metric.value)
+
+    def render(self) -> str:
+        """Prometheus text exposition format, version 0.0.4 (prometheus_client's)."""
+        if self._exposition is None:
+            self._exposition = CollectorRegistry(auto_describe=False)
+            self._exposition.register(self)
+        return generate_latest(self._exposition).decode()
 
 
 def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
@@ -138,7 +147,7 @@ async def _handle(
         path = parts[1].split("?", 1)[0]
         if path == "/metrics":
             body = registry.render().encode()
-            response = _response("200 OK", body, "text/plain; version=0.0.4; charset=utf-8")
+            response = _response("200 OK", body, CONTENT_TYPE_PLAIN_0_0_4)
         elif path == "/healthz":
             response = _health_response(health)
         else:

@@ -416,9 +416,9 @@ async def test_metrics_are_served_in_prometheus_text(mosquitto: Mosquitto) -> No
                 .decode()
             )
         )
-    assert "chequered_projector_applied_total 1\n" in text
+    assert "chequered_projector_applied_total 1.0\n" in text
     assert "# TYPE chequered_projector_races gauge" in text
-    assert "chequered_projector_connected 1\n" in text
+    assert "chequered_projector_connected 1.0\n" in text
 
 
 def test_the_in_memory_fold_matches_a_fresh_state() -> None:
@@ -478,7 +478,7 @@ async def test_the_project_command_folds_and_stops_cleanly_on_sigterm(
                 .decode()
             )
         )
-        assert "chequered_projector_applied_total 2\n" in metrics
+        assert "chequered_projector_applied_total 2.0\n" in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
