@@ -43,6 +43,8 @@ class WatchSettings:
     """With no race named: how often the race list is asked for until one is on air."""
     resubscribe_unknown_s: float = 5.0
     """A race not on air (yet) is asked for again this often."""
+    close_timeout_s: float = 1.0
+    """How long quitting waits for the gateway to answer the close."""
     redraw_hz: float = 10.0
     """Most redraws of the table a second: at 1000x frames come faster than a terminal shows."""
 
@@ -90,7 +92,14 @@ async def follow(
                 url, open_timeout=settings.open_timeout_s, max_size=settings.max_frame_bytes
             ) as ws:
                 attempt = 0
-                await _session(ws, board, on_change, stop, settings)
+                try:
+                    await _session(ws, board, on_change, stop, settings)
+                except asyncio.CancelledError:
+                    # The screen quit: a normal close, not the 1011 of a connection left
+                    # by an error.
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(ws.close(), settings.close_timeout_s)
+                    raise
         except (OSError, TimeoutError, InvalidHandshake, WebSocketException) as exc:
             board.message = f"{url}: {_reason(exc)}"
             log.info("watch.disconnected", url=url, error=str(exc))
