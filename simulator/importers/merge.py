@@ -21,6 +21,8 @@ from simulator.importers.article import Article, Problem, grid_from_qualifying, 
 from simulator.importers.reconstruct import Hints, ReconstructError, Starter, reconstruct
 from simulator.recording.format import (
     ClassificationRow,
+    Driver,
+    Entry,
     Interruption,
     Length,
     Note,
@@ -60,6 +62,17 @@ class FactNote(Struct, kw_only=True, forbid_unknown_fields=True):
     provenance: str = "report"
 
 
+class FactDriver(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A driver the article's table leaves out of an entry (it names one per car)."""
+
+    car: str
+    name: str
+    nationality: str | None = None
+    provenance: str = "report"
+    source: str = ""
+    """Where the name comes from, kept in the note that records the addition."""
+
+
 class ReportFacts(Struct, kw_only=True, forbid_unknown_fields=True):
     """The TOML facts file: what reports say that the article's tables do not."""
 
@@ -70,6 +83,7 @@ class ReportFacts(Struct, kw_only=True, forbid_unknown_fields=True):
     notes: list[FactNote] = []
     non_starters: list[str] = []
     """Entries that did not start the race (absent from the grid, status dns)."""
+    drivers: list[FactDriver] = []
     sources: list[str] = []
     reconstruct: Hints | None = None
 
@@ -234,6 +248,8 @@ def _apply_facts(
                 Problem(None, f"#{number} moved to the back of the grid (report note)", "warning"),
             )
         )
+    entries, driver_notes = _add_drivers(race.entries, facts.drivers, source, result)
+    notes += driver_notes
     facts_struct = race.facts
     if facts.length is not None:
         facts_struct = replace(facts_struct, length=facts.length)
@@ -246,10 +262,39 @@ def _apply_facts(
     return replace(
         race,
         facts=facts_struct,
+        entries=entries,
         grid=grid,
         notes=notes,
         sources=[*race.sources, *facts.sources],
     )
+
+
+def _add_drivers(
+    entries: list[Entry], drivers: list[FactDriver], source: str, result: MergeResult
+) -> tuple[list[Entry], list[Note]]:
+    """Entries with the facts' drivers added, and a note per driver saying where it came from."""
+    by_number = {e.number: e for e in entries}
+    notes: list[Note] = []
+    for fact in drivers:
+        entry = by_number.get(fact.car)
+        if entry is None:
+            result.problems.append(
+                (source or "facts", Problem(None, f"drivers: #{fact.car} is not an entry"))
+            )
+            continue
+        if any(d.name == fact.name for d in entry.drivers):
+            continue
+        driver = Driver(name=fact.name, nationality=fact.nationality)
+        by_number[fact.car] = replace(entry, drivers=[*entry.drivers, driver])
+        text = f"#{fact.car} was shared with {fact.name}; the article's table names one driver"
+        if fact.source:
+            text += f" ({fact.source})"
+        notes.append(
+            msgspec.convert(
+                {"text": text, "cars": [fact.car], "provenance": fact.provenance}, Note
+            )
+        )
+    return [by_number[e.number] for e in entries], notes
 
 
 def _merge_rows(

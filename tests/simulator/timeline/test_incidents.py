@@ -73,7 +73,10 @@ def test_notes_no_moment_can_hold_are_listed_unused_with_the_reason() -> None:
     assert set(unused) == {
         "The race table kept only the e",
         "The race classification is com",
+        "#48 was shared with Bryce Mill",
     }
+    # The driver the facts add is provenance, not an incident.
+    assert "no incident" in unused.pop("#48 was shared with Bryce Mill")
     assert all("names no car" in reason for reason in unused.values())
     # Every note is either an incident, told, or listed: none is dropped.
     placed = {i.note for i in reading.incidents} | {t.note for t in reading.told}
@@ -135,7 +138,7 @@ def test_the_baltimore_story_for_every_seed(seed: int) -> None:
     pit_out = next(e for e in events if isinstance(e, PitOut) and e.car == "48")
     assert pit_out.seq > pit_in.seq and pit_out.driver_change
     drivers = {e.driver for e in events if isinstance(e, Lap) and e.car == "48"}
-    assert drivers == {"Marco Holzer", "#48 co-driver"}
+    assert drivers == {"Marco Holzer", "Bryce Miller"}
     change = next(m for m in said if m.category == "pit" and "driver change" in m.text)
     assert change.t_ms == pit_out.t_ms and "Marco Holzer" in change.text
 
