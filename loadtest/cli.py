@@ -149,6 +149,13 @@ def register(subparsers: Any) -> None:
         help="gateway processes on one port, SO_REUSEPORT (as chequered serve --workers M; "
         "default 1)",
     )
+    scale.add_argument(
+        "--projector-setting",
+        action="append",
+        metavar="NAME=VALUE",
+        help="change one ProjectorSettings field for the run (repeatable), e.g. "
+        "flush_delay_s=0.025: to measure one setting against another",
+    )
     load = parser.add_argument_group("offered load over time")
     load.add_argument(
         "--connect-rate",
@@ -164,6 +171,13 @@ def register(subparsers: Any) -> None:
     )
     add_fault_options(parser, record_file=False)
     parser.set_defaults(handler=_run)
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, eq, value = text.partition("=")
+    if not eq or not name or not value:
+        raise UserError(f"--projector-setting {text}: give NAME=VALUE")
+    return name.strip(), value.strip()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -218,6 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         faults=fault_rates(args),
         projectors=args.projectors,
         gateways=args.gateways,
+        projector_settings=tuple(_setting(text) for text in args.projector_setting or ()),
     )
     try:
         report = loadtest.run(config)

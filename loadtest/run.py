@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -83,6 +83,9 @@ PROGRESS_WINDOW = 5
 """Intervals the progress line's rates are averaged over."""
 PROGRESS_LINE_S = 10.0
 """When stderr is not a terminal, a progress line is printed this often instead."""
+
+
+_T = TypeVar("_T")
 
 
 class LoadTestError(RuntimeError):
@@ -140,6 +143,9 @@ class LoadConfig:
     """Projector processes, each owning a stable-hash partition of the races."""
     gateways: int = 1
     """Gateway processes sharing the one port (SO_REUSEPORT)."""
+    projector_settings: tuple[tuple[str, str], ...] = ()
+    """``ProjectorSettings`` fields to change, as (name, value) text: to measure one
+    setting (a coalescing window, an acknowledgement window) against another."""
 
     @property
     def mode(self) -> str:
@@ -296,12 +302,14 @@ def _projector_child(
     checkpoint_dir: str | None,
     client_id: str = "loadtest-projector",
     partition: tuple[int, int] | None = None,
+    changes: tuple[tuple[str, str], ...] = (),
 ) -> None:
     _quiet_child()
     from chequered.contract.partition import Partition
     from consumers.metrics import Registry
-    from consumers.projector.service import run_projector
+    from consumers.projector.service import ProjectorSettings, run_projector
 
+    settings = projector_settings(ProjectorSettings, changes)
     if checkpoint_dir:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
 
@@ -319,6 +327,7 @@ def _projector_child(
                 ready=ready,
                 registry=registry,
                 partition=Partition(*partition) if partition else None,
+                settings=settings,
             )
         )
         waiting = asyncio.create_task(ready.wait())
@@ -731,6 +740,10 @@ def run(config: LoadConfig) -> dict[str, Any]:
     if config.duration_s <= 0:
         raise LoadTestError("--duration must be positive")
     check_target(config)
+    if config.projector_settings:
+        from consumers.projector.service import ProjectorSettings
+
+        projector_settings(ProjectorSettings, config.projector_settings)  # one line, not a crash
     if config.target_mqtt:
         config = dataclasses.replace(config, clients=0)  # the probe reads; nobody connects
     _quiet_mqtt(os.environ.get("CHEQUERED_LOAD_LOG", "warning"))
@@ -780,7 +793,15 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
                     folder = f"{checkpoint_dir}/{tag}"
                 part = (i, n) if n > 1 else None
                 projectors.append(
-                    _spawn(f"projector-{tag}", _projector_child, url, folder, cid, part)
+                    _spawn(
+                        f"projector-{tag}",
+                        _projector_child,
+                        url,
+                        folder,
+                        cid,
+                        part,
+                        config.projector_settings,
+                    )
                 )
                 projector_ids.append(cid)
             shared_port = config.gateway_port
@@ -1115,6 +1136,28 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
                     leaves = None if projector_id else OURS
                     await clear_retained(url, races, sessions=sessions, leaves=leaves)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def projector_settings(cls: type[_T], changes: tuple[tuple[str, str], ...]) -> _T:
+    """``cls()`` with the named fields set from text, each read as its default's type;
+    ``LoadTestError`` naming a field that is unknown or a value that does not read."""
+    base = cls()
+    values: dict[str, Any] = {}
+    for name, text in changes:
+        if not dataclasses.is_dataclass(base) or name not in {f.name for f in fields(base)}:
+            raise LoadTestError(f"--projector-setting {name}: no such projector setting")
+        kind = type(getattr(base, name))
+        try:
+            if kind is bool:
+                values[name] = {"true": True, "false": False}[text.lower()]
+            elif kind in (int, float):
+                values[name] = kind(text)
+            else:
+                raise ValueError
+        except (KeyError, ValueError):
+            wanted = {bool: "true or false", int: "whole number"}.get(kind, "number")
+            raise LoadTestError(f"--projector-setting {name}={text}: not a {wanted}") from None
+    return dataclasses.replace(base, **values) if values else base  # type: ignore[type-var]
 
 
 def _reserve_port(host: str) -> socket.socket:
