@@ -153,6 +153,9 @@ class WatchApp(App[int]):
         self._stop = asyncio.Event()
         self._dirty = True
         self._tab_classes: dict[str, str | None] = {}
+        self._tabs_ready = False
+        """Whether the class tabs exist: until then, the first tab's activation (All) must
+        not undo the class asked for with --class."""
         self._shown: list[str] = []
         self._cells: dict[str, list[Text]] = {}
         self.redraws = 0
@@ -301,8 +304,11 @@ class WatchApp(App[int]):
                 self._tab_classes[tab_id] = cls
         active = f"cls-{_slug(self.cls)}" if self.cls in classes else "cls-all"
         tabs.active = active
+        self._tabs_ready = True
 
     def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        if not self._tabs_ready:
+            return
         tab_id = event.tab.id or "cls-all"
         cls = self._tab_classes.get(tab_id)
         if cls != self.cls:

@@ -304,6 +304,11 @@ async def test_the_screen_watches_without_a_broker_and_reconnects(
                 await until(lambda: other.board.connection == "live", 10, "a race on air")
                 assert other.board.race in gateway.races
                 await until(lambda: other.shown_cars(), 5, "its rows")
+            # --class: the screen opens on that class's tab.
+            on_gt = WatchApp(f"ws://127.0.0.1:{port}/ws", "wt-hand", cls="GT")
+            async with on_gt.run_test(size=(150, 40)):
+                await until(lambda: on_gt.shown_cars() == ["7", "8"], 10, "the GT tab")
+                assert on_gt.cell("7", "gap") == "Leader"
 
             # The gateway goes away: the board stays, marked as reconnecting; it comes back.
             await first.aclose()
