@@ -26,7 +26,8 @@ from chequered.contract.deadletter import DeadLetter
 from chequered.contract.events import Event, SessionClosed, encode
 from consumers.metrics import Registry
 from consumers.projector import intake
-from consumers.projector.service import Projector, ProjectorSettings, _before, run_projector
+from consumers.projector.core import resync_time
+from consumers.projector.service import Projector, ProjectorSettings, run_projector
 from consumers.standings.fold import snapshot
 from simulator.live.producer import ReplaySpec, run_producer
 from simulator.recording.io import load
@@ -324,4 +325,4 @@ def test_a_bad_meta_is_dead_lettered_and_an_empty_one_forgets_the_race() -> None
     ("t_ms", "text"), [(0, "0:00:00"), (1_500, "0:00:00"), (3_725_999, "1:02:04")]
 )
 def test_the_resync_hint_names_a_race_time_before_the_join(t_ms: int, text: str) -> None:
-    assert _before(t_ms) == text
+    assert resync_time(t_ms) == text
