@@ -1051,7 +1051,7 @@
 
   const TEMPLATE = `
     <div class="charts" part="charts">
-      <div class="ch-bar"><h2>Charts</h2><nav class="ch-tabs" part="chart-tabs" role="tablist"></nav></div>
+      <div class="ch-bar"><h2>Charts</h2><nav class="ch-tabs" part="chart-tabs" role="tablist"></nav><span class="ch-state" part="chart-state" role="status"></span></div>
       <div class="ch-empty" part="chart-empty">No laps yet: the charts fill in as cars cross the line.</div>
       <div class="ch-grid" hidden>
         <figure data-chart="gap"><figcaption></figcaption><canvas></canvas></figure>
@@ -1167,13 +1167,27 @@
       }
       this._board = board;
       board.addEventListener("lb-standings", this._onStandings);
+      // The board's connection state: charts of a board that lost its gateway say so.
+      this._stateWatch = new MutationObserver(() => this._showState());
+      this._stateWatch.observe(board, { attributes: true, attributeFilter: ["data-state"] });
+      this._showState();
       const snap = board.snapshot;
       if (snap) this._take({ kind: "snapshot", seq: snap.seq, session: snap.session, cars: snap.cars });
     }
 
     _detach() {
       if (this._board) this._board.removeEventListener("lb-standings", this._onStandings);
+      if (this._stateWatch) this._stateWatch.disconnect();
+      this._stateWatch = null;
       this._board = null;
+    }
+
+    _showState() {
+      const state = this._board ? this._board.dataset.state : "";
+      const label = this._root.querySelector(".ch-state");
+      const down = ["offline", "connecting"].includes(state) && this._history.size > 0;
+      label.textContent = down ? "Reconnecting… (showing the last laps received)" : "";
+      this.dataset.state = down ? "reconnecting" : state || "";
     }
 
     _take({ kind, seq, session, cars }) {

@@ -5,6 +5,7 @@ overall and per class, from the leaderboard's own stream (no second connection).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import shutil
@@ -250,3 +251,28 @@ async def test_charts_match_the_board_at_several_race_times(
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+
+async def test_charts_say_when_the_board_lost_its_gateway(module_mosquitto: Mosquitto) -> None:
+    from tests.browser.test_spoilers_and_overlay import publish, standings
+
+    snap = standings("ch-lost", 30, finished=False)
+    async with bus.connect(module_mosquitto.url) as pub:
+        await publish(pub, snap, "running")
+    first = contextlib.AsyncExitStack()
+    async with chromium_page(1280, 900) as page, first:
+        gateway, port = await first.enter_async_context(running_gateway(module_mosquitto.url))
+        await until(lambda: "ch-lost" in gateway.races, 10, "the race")
+        await page.goto(f"http://127.0.0.1:{port}/?race=ch-lost")
+        charts = page.locator("live-charts")
+        await expect(charts).to_have_attribute("data-seq", "30")
+        assert await charts.evaluate("el => el.latest(null)") == expected(snap, None)
+        await expect(charts.locator(".ch-state")).to_have_text("")
+        await first.aclose()
+        # The gateway is gone: the last laps stay, and the charts say they are old.
+        await expect(charts).to_have_attribute("data-state", "reconnecting")
+        await expect(charts.locator(".ch-state")).to_contain_text("Reconnecting")
+        assert await charts.evaluate("el => el.latest(null)") == expected(snap, None)
+        async with running_gateway(module_mosquitto.url, port=port):
+            await expect(charts).to_have_attribute("data-state", "live", timeout=30_000)
+            await expect(charts.locator(".ch-state")).to_have_text("")
