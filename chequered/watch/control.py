@@ -16,11 +16,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
 import msgspec
 import structlog
 
-from broker.bus import BrokerAddress, Bus, connect
+from broker.bus import BrokerAddress, Bus, BusError, connect
 from chequered.contract import control, topics
 from chequered.contract.control import Command, Status
 
@@ -87,7 +86,7 @@ class Controller:
                 async with connect(self.address, client_id=cid) as bus:
                     await bus.subscribe(topics.topic(self.race, topics.STATUS), qos=1)
                     await _until_first_ends(self._write(bus), self._read(bus), stop.wait())
-            except (OSError, aiomqtt.MqttError) as exc:
+            except (OSError, BusError) as exc:
                 self._live.clear()
                 self.say(f"broker: {exc}; control keys wait for it")
                 log.info("watch.broker_lost", error=str(exc))

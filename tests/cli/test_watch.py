@@ -477,3 +477,28 @@ async def test_the_screen_follows_and_controls_a_real_replay(
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+
+async def test_control_keys_say_when_no_broker_or_no_producer_answers(
+    module_mosquitto: Mosquitto,
+) -> None:
+    from chequered.contract import control as commands
+    from chequered.watch.control import Controller
+
+    said: list[str] = []
+    stop = asyncio.Event()
+    # No broker there: one line says so, and the keys wait for it.
+    nowhere = Controller("mqtt://127.0.0.1:1", "wt-none", said.append, reconnect_s=30)
+    task = asyncio.create_task(nowhere.run(stop))
+    await until(lambda: any(line.startswith("broker: ") for line in said), 10, "the error")
+    assert any("control keys wait for it" in line for line in said)
+    # A broker but no producer: the command waits, then says no reply came.
+    said.clear()
+    quiet = Controller(module_mosquitto.url, "wt-none", said.append, reply_timeout_s=0.2)
+    task2 = asyncio.create_task(quiet.run(stop))
+    quiet.send(commands.Pause())
+    await until(lambda: len(said) >= 2, 10, "the timeout")
+    assert said[0] == "pause: waiting for the producer of wt-none…"
+    assert said[1] == "pause: no reply within 0.2 s; is a producer replaying wt-none?"
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(task, task2), 10)
