@@ -13,7 +13,14 @@ from typing import Literal
 
 import msgspec
 
-from chequered.contract.board import CarRow, Delta, SeqMismatch, Snapshot, apply_delta
+from chequered.contract.board import (
+    CarRow,
+    Delta,
+    SeqMismatch,
+    SessionView,
+    Snapshot,
+    apply_delta,
+)
 
 Outcome = Literal["snapshot", "applied", "stale", "gap", "status", "other"]
 """What a frame did: a new board, a delta applied, an old frame ignored, a gap
@@ -93,12 +100,12 @@ class Board:
 
     @property
     def covered(self) -> bool:
-        """Spoiler-safe and the board final, but its result not watched arrive."""
+        """Spoiler-safe and the board tells the result, but it was not watched arrive."""
         snap = self.snapshot
         return (
             self.spoiler_safe
             and snap is not None
-            and snap.session.finished
+            and decided(snap.session)
             and not self.saw_running
             and not self.revealed
         )
@@ -140,7 +147,7 @@ class Board:
         # A snapshot replaces the board whatever its seq: the gateway sends a lower one
         # only when the race was started again.
         self.snapshot = snap
-        self.saw_running = self.saw_running or not snap.session.finished
+        self.saw_running = self.saw_running or not decided(snap.session)
         self.resyncing = False
         self.connection = "live"
         self.message = ""
@@ -157,7 +164,7 @@ class Board:
             self.snapshot = apply_delta(self.snapshot, delta)
         except SeqMismatch:
             return self._gap()
-        self.saw_running = self.saw_running or not self.snapshot.session.finished
+        self.saw_running = self.saw_running or not decided(self.snapshot.session)
         return "applied"
 
     def _gap(self) -> Outcome:
@@ -180,6 +187,12 @@ class Board:
             if row.cls not in names:
                 names.append(row.cls)
         return names
+
+
+def decided(session: SessionView) -> bool:
+    """The board tells the result: the official classification, or the provisional one (the
+    order at the flag, before post-race decisions), which tells it just as well."""
+    return session.finished or session.provisional
 
 
 # -- formatting ----------------------------------------------------------------------

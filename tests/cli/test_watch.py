@@ -216,6 +216,10 @@ def test_spoiler_safe_hides_a_final_board_not_watched_arrive() -> None:
     finish = board.Delta(race="hand", seq=9, prev_seq=8, session=final.session)
     assert watched.on_frame(frame(finish)) == "applied"
     assert not watched.covered and view.header(watched).flag_text == "CHEQUERED FLAG"
+    # The provisional classification (the order at the flag) tells the result as well.
+    provisional = Board(race="hand", spoiler_safe=True)
+    provisional.on_frame(frame(snapshot(seq=9, provisional=True, flag="chequered")))
+    assert provisional.covered and view.rows(provisional) == []
     # Not spoiler-safe: nothing is hidden.
     plain = Board(race="hand")
     plain.on_frame(frame(final))
