@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -83,5 +84,8 @@ def run_watch(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(f"RACE {exc}") from None
     broker = broker_address(args) if args.broker else None
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # Textual draws a full screen and reads keys: piped, it would show nothing useful.
+        raise UserError("needs a terminal (standard input and output are not one)")
     app = WatchApp(url, race, broker=broker, cls=cls, spoilers=not args.no_spoilers)
     return app.run() or 0

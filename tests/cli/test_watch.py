@@ -254,6 +254,11 @@ def test_a_bad_gateway_url_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[
     ]
     assert main(["watch", "Not A Race"]) == 2
     assert capsys.readouterr().err.startswith("chequered watch: RACE ")
+    # Under pytest neither standard input nor output is a terminal.
+    assert main(["watch", "some-race", "--no-spoilers"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "chequered watch: needs a terminal (standard input and output are not one)"
+    )
 
 
 # -- the screen, driven during a real replay -----------------------------------------
