@@ -264,8 +264,8 @@ class Resends:
         self.new_id = new_id
         self.asked: dict[str, float] = {}
         self.owed: dict[str, int] = {}
-        """Per race with seqs found missing too soon after its last request, the first
-        missing: asked for once ``resend_interval_s`` has passed."""
+        """Per race with seqs missing and no reset yet to answer for them, the first
+        missing: asked for (again) once ``resend_interval_s`` has passed."""
 
     def ask(self, race: str, from_seq: int, now: float) -> Publish | None:
         """The request to publish now, or None (off, or held back by the interval)."""
@@ -275,8 +275,11 @@ class Resends:
         if asked is not None and now - asked < self.settings.resend_interval_s:
             self.owed[race] = min(self.owed.get(race, from_seq), from_seq)
             return None
-        self.owed.pop(race, None)
         self.asked[race] = now
+        # Owed again until the producer answers with a reset: a request published
+        # while the producer was away (its broker node lost, say) is asked once more
+        # after the interval instead of leaving the board short for good.
+        self.owed[race] = from_seq
         command = Resend(id=self.new_id(), from_seq=from_seq)
         return Publish(topics.topic(race, topics.CONTROL), control.encode(command))
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from msgspec.structs import replace
 
 from chequered.contract import board, control, topics
-from chequered.contract.events import Event, encode
+from chequered.contract.events import Event, Reset, encode
 from consumers.metrics import Registry
 from consumers.projector.core import (
     Acknowledge,
@@ -131,8 +132,27 @@ def test_a_gap_asks_for_a_resend_once_per_interval() -> None:
     ]
     assert c.next_deadline() == 105.0
     clock.now = 105.0
+    # No reset has answered the first request (its producer may have been away):
+    # asked again, from the first seq still missing.
     (again,) = c.due()
-    assert control.decode_command(again.payload) == control.Resend(id="id-2", from_seq=7)
+    assert control.decode_command(again.payload) == control.Resend(id="id-2", from_seq=4)
+
+
+def test_a_resend_answered_by_a_reset_is_not_asked_again() -> None:
+    clock = Clock()
+    c = core(ProjectorSettings(resend_interval_s=5.0), clock)
+    events = race(laps=5)
+    feed(c, events[:3] + events[4:])  # seq 4 missing
+    assert [a for a in c.flush() if isinstance(a, Publish) and a.topic.endswith("/control")]
+    last = events[-1].seq
+    reset = Reset(race=events[0].race, seq=last + 1, t_ms=events[-1].t_ms, wall=0.0,
+                  target_ms=events[-1].t_ms)  # fmt: skip
+    replay = [replace(e, seq=last + 1 + i) for i, e in enumerate(events, 1)]
+    feed(c, [reset, *replay])
+    c.flush()
+    for now in (200.0, 300.0):
+        clock.now = now
+        assert [p for p in c.due() if p.topic.endswith("/control")] == []
 
 
 def test_no_resend_when_it_is_off() -> None:
