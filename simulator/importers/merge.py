@@ -290,9 +290,7 @@ def _add_drivers(
         if fact.source:
             text += f" ({fact.source})"
         notes.append(
-            msgspec.convert(
-                {"text": text, "cars": [fact.car], "provenance": fact.provenance}, Note
-            )
+            msgspec.convert({"text": text, "cars": [fact.car], "provenance": fact.provenance}, Note)
         )
     return [by_number[e.number] for e in entries], notes
 
