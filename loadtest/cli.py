@@ -156,6 +156,13 @@ def register(subparsers: Any) -> None:
         help="change one ProjectorSettings field for the run (repeatable), e.g. "
         "flush_delay_s=0.025: to measure one setting against another",
     )
+    scale.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of every process the test starts (default asyncio; uvloop needs "
+        "pip install uvloop)",
+    )
     load = parser.add_argument_group("offered load over time")
     load.add_argument(
         "--connect-rate",
@@ -233,6 +240,7 @@ def _run(args: argparse.Namespace) -> int:
         projectors=args.projectors,
         gateways=args.gateways,
         projector_settings=tuple(_setting(text) for text in args.projector_setting or ()),
+        event_loop=args.loop,
     )
     try:
         report = loadtest.run(config)

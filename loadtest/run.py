@@ -41,7 +41,16 @@ import psutil
 from chequered import log
 from chequered.contract import control, topics
 from loadtest import plot as loadplot
-from loadtest.client import Assignment, ClientImpl, WorkerConfig, raise_fd_limit, worker_main
+from loadtest.client import (
+    LOOP_ENV,
+    Assignment,
+    ClientImpl,
+    EventLoop,
+    WorkerConfig,
+    raise_fd_limit,
+    run_child,
+    worker_main,
+)
 from loadtest.probe import ProbeConfig, probe_main
 from loadtest.stats import (
     Aggregate,
@@ -144,6 +153,8 @@ class LoadConfig:
     gateways: int = 1
     """Gateway processes sharing the one port (SO_REUSEPORT)."""
     projector_settings: tuple[tuple[str, str], ...] = ()
+    event_loop: EventLoop = "asyncio"
+    """Event loop of every process started (producer, projector, gateway, clients)."""
     """``ProjectorSettings`` fields to change, as (name, value) text: to measure one
     setting (a coalescing window, an acknowledgement window) against another."""
 
@@ -284,7 +295,7 @@ def _producer_child(
                 _send(conn, ("injected", injected))
             _send(conn, ("final", dict(states)))
 
-    asyncio.run(main())
+    run_child(main())
 
 
 def _report_every(conn: Connection, kind: str, read: Callable[[], object]) -> asyncio.Task[None]:
@@ -341,7 +352,7 @@ def _projector_child(
             reporter.cancel()
             _send(conn, ("metrics", registry.values()))
 
-    asyncio.run(main())
+    run_child(main())
 
 
 def _gateway_child(
@@ -380,7 +391,7 @@ def _gateway_child(
             reporter.cancel()
             _send(conn, ("metrics", read()))
 
-    asyncio.run(main())
+    run_child(main())
 
 
 async def retained_seqs(
@@ -747,7 +758,21 @@ def run(config: LoadConfig) -> dict[str, Any]:
     if config.target_mqtt:
         config = dataclasses.replace(config, clients=0)  # the probe reads; nobody connects
     _quiet_mqtt(os.environ.get("CHEQUERED_LOAD_LOG", "warning"))
-    return asyncio.run(_run(config))
+    if config.event_loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ModuleNotFoundError:
+            raise LoadTestError("--loop uvloop: pip install uvloop") from None
+    # Spawned processes inherit the environment: each reads its loop from it.
+    previous = os.environ.get(LOOP_ENV)
+    os.environ[LOOP_ENV] = config.event_loop
+    try:
+        return asyncio.run(_run(config))
+    finally:
+        if previous is None:
+            os.environ.pop(LOOP_ENV, None)
+        else:
+            os.environ[LOOP_ENV] = previous
 
 
 async def _run(config: LoadConfig) -> dict[str, Any]:

@@ -73,3 +73,20 @@ def test_projector_settings_are_read_as_their_defaults_types() -> None:
         run.projector_settings(ProjectorSettings, (("nope", "1"),))
     with pytest.raises(run.LoadTestError, match="not a whole number"):
         run.projector_settings(ProjectorSettings, (("ack_window", "many"),))
+
+
+def test_a_child_runs_on_the_event_loop_it_was_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from loadtest import client
+
+    seen: list[str] = []
+
+    async def main() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+
+    monkeypatch.setenv(client.LOOP_ENV, "uvloop")
+    client.run_child(main())
+    monkeypatch.setenv(client.LOOP_ENV, "asyncio")
+    client.run_child(main())
+    assert seen == ["uvloop", "asyncio"]
