@@ -6,7 +6,9 @@ Rules (docs/ARCHITECTURE.md, "Import rules"):
 2. ``broker`` imports nothing of ours but the contract.
 3. ``simulator`` and ``consumers`` never import each other, the command line or
    the load test; only ``chequered.cli`` and ``loadtest`` wire stages together.
-4. Pure modules (the contract's types, recordings, importers, the timeline, the
+4. Nothing outside ``broker`` imports the MQTT client library (aiomqtt, paho):
+   the rest of the code speaks to the broker through the Bus and its BusError.
+5. Pure modules (the contract's types, recordings, importers, the timeline, the
    clock and feed, the standings fold and codec, the services' sans-I/O cores)
    import no asyncio, sockets, processes, threads or MQTT/websocket library, and
    call no file I/O.
@@ -69,6 +71,8 @@ IO_MODULES = (
     "broker",
     "structlog",
 )
+MQTT_LIBRARIES = ("aiomqtt", "paho")
+"""The MQTT client and its internals stay behind broker/'s Bus: nothing else imports them."""
 IO_CALLS = frozenset(
     {"open", "read_text", "write_text", "read_bytes", "write_bytes", "unlink", "mkdir"}
 )
@@ -117,6 +121,8 @@ def is_pure(module: str) -> bool:
 def violation(imp: Import) -> str | None:
     """Why this import breaks a rule, or None."""
     src, dst = imp.module, imp.target
+    if not within(src, "broker") and any(within(dst, lib) for lib in MQTT_LIBRARIES):
+        return f"{dst} used outside broker/ (use the Bus and BusError)"
     if not dst.startswith(OURS):
         if is_pure(src) and any(within(dst, io) for io in IO_MODULES):
             return f"pure module imports {dst}"
@@ -187,7 +193,9 @@ def test_every_pure_entry_names_real_code() -> None:
         ("consumers.gateway.server", "loadtest.run", "consumers imports"),
         ("broker.bus", "simulator.live.feed", "broker imports"),
         ("simulator.timeline.synth", "asyncio", "pure module imports"),
-        ("consumers.standings.fold", "aiomqtt.client", "pure module imports"),
+        ("consumers.standings.fold", "aiomqtt.client", "aiomqtt.client used outside broker/"),
+        ("consumers.gateway.server", "aiomqtt", "aiomqtt used outside broker/"),
+        ("chequered.cli.live", "paho.mqtt.client", "paho.mqtt.client used outside broker/"),
     ],
 )
 def test_the_check_catches_each_kind_of_violation(module: str, target: str, rule: str) -> None:
