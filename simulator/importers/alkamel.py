@@ -904,150 +904,30 @@ def import_timing(
     results_table = read_table(results_text, results_name)
     warnings: list[str] = []
 
-    kind = options.session or results_kind(results_table)
-    if kind is None:
-        if "qualif" in _basename(results_name).lower() or "practice" in results_name.lower():
-            kind = "qualifying"
-        else:
-            _require(results_table, "results export", ("TOTAL_TIME", "TIME"))
-            kind = "race"  # unreachable: _require raised
-    if kind == "race" and not results_table.has("TOTAL_TIME"):
-        raise TimingError(
-            f"{results_name}: line 1: a race needs TOTAL_TIME and LAPS columns; this looks "
-            "like a best-lap classification: pass --session qualifying"
-        )
+    kind = _session_kind(options, results_table, results_name)
     rows = read_laps(laps_table, warnings)
     results = read_results(results_table, kind)
-    by_car = {r.number: r for r in results}
+    per_car = _laps_per_car(rows, results, laps_name, results_name)
 
-    per_car: dict[str, list[LapRow]] = {}
-    for row in rows:
-        if row.lap.number not in by_car:
-            raise TimingError(
-                f"{laps_name}: line {row.line}: car {row.lap.number} has laps but no row in "
-                f"{results_name}; are the two files from the same session?"
-            )
-        per_car.setdefault(row.lap.number, []).append(row)
-
-    # Entries, in classification order.
     ordered = sorted(results, key=lambda r: (r.position is None, r.position or 0, r.line))
-    entries: list[Entry] = []
-    for r in ordered:
-        car_rows = per_car.get(r.number, [])
-        cls = r.cls or next((x.cls for x in car_rows if x.cls), "")
-        if not cls:
-            raise TimingError(
-                f"{results_name}: line {r.line}: car {r.number} has no CLASS in either file"
-            )
-        r.cls = cls
-        drivers = r.drivers or _drivers_from_laps(car_rows)
-        entries.append(
-            Entry(
-                number=r.number,
-                cls=cls,
-                team=r.team or next((x.team for x in car_rows if x.team), "") or f"#{r.number}",
-                drivers=drivers,
-                chassis=r.vehicle
-                or next((x.manufacturer for x in car_rows if x.manufacturer), None),
-                tyre=r.tyre or None,
-            )
+    entries = _entries(ordered, per_car, results_name)
+    classification = [
+        _classification_row(
+            n, r, per_car.get(r.number, []), kind, laps_name, results_name, warnings
         )
-
-    classification: list[ClassificationRow] = []
-    qualifying: list[QualifyingRow] = []
-    for n, r in enumerate(ordered, start=1):
-        car_rows = per_car.get(r.number, [])
-        laps_done = max((x.lap.lap for x in car_rows), default=0)
-        if r.laps is not None and r.laps != laps_done and kind == "race":
-            warnings.append(
-                f"{results_name}: line {r.line}: car {r.number} has LAPS {r.laps} but its last "
-                f"lap in {laps_name} is {laps_done}"
-            )
-        position = r.position if r.position is not None else n
-        penalty_ms, note = (
-            _post_race_penalty(r, car_rows, results_name, warnings)
-            if kind == "race"
-            else (None, r.remark or None)
-        )
-        classification.append(
-            ClassificationRow(
-                position=position,
-                cls=r.cls,
-                number=r.number,
-                status=r.status,
-                laps=r.laps if r.laps is not None else laps_done,
-                provenance="timing",
-                total_ms=r.total_ms,
-                gap_ms=r.gap_first.ms,
-                gap_laps=r.gap_first.laps,
-                best_lap_ms=r.best_ms,
-                best_lap=r.best_lap,
-                penalty_ms=penalty_ms,
-                note=note,
-            )
-        )
-        if kind == "qualifying":
-            best = _best_row(car_rows)
-            qualifying.append(
-                QualifyingRow(
-                    number=r.number,
-                    cls=r.cls,
-                    position=r.position if r.best_ms is not None else None,
-                    driver=best.lap.driver if best else None,
-                    best_ms=r.best_ms,
-                    gap_ms=r.gap_first.ms,
-                    remark=None if r.best_ms is not None or car_rows else "no_time",
-                )
-            )
+        for n, r in enumerate(ordered, start=1)
+    ]
+    qualifying = (
+        [_qualifying_row(r, per_car.get(r.number, [])) for r in ordered]
+        if kind == "qualifying"
+        else []
+    )
 
     classes = _order_classes(entries, rows)
     names = [laps_name, results_name]
     series_slug, series = _series(options, names, results_table, {_class_key(c) for c in classes})
     season = _season(options, names)
-
-    basename = _basename(laps_name)
-    places = [options.circuit] if options.circuit else _places(names)
-    known = None
-    if not options.lap_km:
-        known = next((k for k in map(find_circuit, places) if k is not None), None)
-    estimate = _estimate_lap_km(rows)
-    if known is not None:
-        circuit = known.circuit
-        slug = known.slug
-        if estimate and abs(estimate - circuit.length_km) > LAP_KM_DEVIATION * circuit.length_km:
-            warnings.append(
-                f"{laps_name}: the speeds imply a {estimate} km lap, not the "
-                f"{circuit.length_km} km of {circuit.name}; pass --lap-km if the layout differs"
-            )
-    else:
-        name = options.circuit or next((w for w in map(_circuit_words, _places(names)) if w), "")
-        if not name:
-            raise TimingError(
-                f"{laps_name}: cannot tell the circuit from the file name; pass --circuit NAME"
-            )
-        km = options.lap_km or estimate
-        if not km:
-            raise TimingError(
-                f"{laps_name}: no KPH column to estimate the lap length from; pass --lap-km KM"
-            )
-        circuit = Circuit(
-            name=name,
-            length_km=round(km, 3),
-            length_mi=round(km / KM_PER_MILE, 3),
-            turns=options.turns,
-        )
-        slug = _slug(name) or "circuit"
-        if options.lap_km is None:
-            warnings.append(
-                f"{laps_name}: circuit {name!r} is not known; lap length {km} km estimated from KPH"
-            )
-    if options.turns is not None and circuit.turns != options.turns:
-        circuit = Circuit(
-            name=circuit.name,
-            length_km=circuit.length_km,
-            length_mi=circuit.length_mi,
-            turns=options.turns,
-        )
+    circuit, slug = _circuit(options, names, rows, laps_name, warnings)
 
     records = [r.lap for r in rows]
     lines = max((len(r.sectors_ms) for r in records), default=0) or 1
@@ -1055,16 +935,8 @@ def import_timing(
     start_time, hour_date, w = _start_time(rows)
     warnings.extend(w)
 
-    session_word = (
-        "race"
-        if kind == "race"
-        else ("practice" if "practice" in basename.lower() else "qualifying")
-    )
-    race_id = options.id or _slug(f"{series_slug}-{season}-{slug}-{session_word}")[:64].strip("-")
-    if not re.match(r"^[a-z0-9][a-z0-9_-]*$", race_id) or len(race_id) > 64:
-        raise TimingError(
-            f"--id {race_id!r}: use lower-case letters, digits, '-' and '_' (at most 64)"
-        )
+    session_word = _session_word(kind, _basename(laps_name))
+    race_id = _race_id(options, f"{series_slug}-{season}-{slug}-{session_word}")
     event = options.event or f"{circuit.name} {session_word.capitalize()} {season}"
 
     notes: list[Note] = []
@@ -1095,6 +967,210 @@ def import_timing(
         sources=[_basename(laps_name), _basename(results_name)],
     )
     return Imported(recording=recording, warnings=warnings)
+
+
+def _session_kind(options: Options, results_table: Table, results_name: str) -> SessionKind:
+    """Race or qualifying: the flag, else the results' columns, else the file name.
+
+    A race needs its cars' total times; results that only rank best laps are
+    refused as a race rather than imported with every car at zero time.
+    """
+    kind = options.session or results_kind(results_table)
+    if kind is None:
+        if "qualif" in _basename(results_name).lower() or "practice" in results_name.lower():
+            kind = "qualifying"
+        else:
+            _require(results_table, "results export", ("TOTAL_TIME", "TIME"))
+            kind = "race"  # unreachable: _require raised
+    if kind == "race" and not results_table.has("TOTAL_TIME"):
+        raise TimingError(
+            f"{results_name}: line 1: a race needs TOTAL_TIME and LAPS columns; this looks "
+            "like a best-lap classification: pass --session qualifying"
+        )
+    return kind
+
+
+def _laps_per_car(
+    rows: list[LapRow], results: list[ResultRow], laps_name: str, results_name: str
+) -> dict[str, list[LapRow]]:
+    """The lap rows of each car; a car with laps but no result means the files do not match."""
+    by_car = {r.number: r for r in results}
+    per_car: dict[str, list[LapRow]] = {}
+    for row in rows:
+        if row.lap.number not in by_car:
+            raise TimingError(
+                f"{laps_name}: line {row.line}: car {row.lap.number} has laps but no row in "
+                f"{results_name}; are the two files from the same session?"
+            )
+        per_car.setdefault(row.lap.number, []).append(row)
+    return per_car
+
+
+def _entries(
+    ordered: list[ResultRow], per_car: dict[str, list[LapRow]], results_name: str
+) -> list[Entry]:
+    """The entry list in classification order: the results' facts first, the laps' to fill gaps.
+
+    Sets each result's class where only the lap file has it, since the
+    classification rows are built from the results afterwards.
+    """
+    entries: list[Entry] = []
+    for r in ordered:
+        car_rows = per_car.get(r.number, [])
+        cls = r.cls or next((x.cls for x in car_rows if x.cls), "")
+        if not cls:
+            raise TimingError(
+                f"{results_name}: line {r.line}: car {r.number} has no CLASS in either file"
+            )
+        r.cls = cls
+        drivers = r.drivers or _drivers_from_laps(car_rows)
+        entries.append(
+            Entry(
+                number=r.number,
+                cls=cls,
+                team=r.team or next((x.team for x in car_rows if x.team), "") or f"#{r.number}",
+                drivers=drivers,
+                chassis=r.vehicle
+                or next((x.manufacturer for x in car_rows if x.manufacturer), None),
+                tyre=r.tyre or None,
+            )
+        )
+    return entries
+
+
+def _classification_row(
+    n: int,
+    r: ResultRow,
+    car_rows: list[LapRow],
+    kind: SessionKind,
+    laps_name: str,
+    results_name: str,
+    warnings: list[str],
+) -> ClassificationRow:
+    """The ``n``-th row of the classification: the results' word, the lap file's laps where
+    the results give none; a race's post-race penalty (warnings in file order)."""
+    laps_done = max((x.lap.lap for x in car_rows), default=0)
+    if r.laps is not None and r.laps != laps_done and kind == "race":
+        warnings.append(
+            f"{results_name}: line {r.line}: car {r.number} has LAPS {r.laps} but its last "
+            f"lap in {laps_name} is {laps_done}"
+        )
+    position = r.position if r.position is not None else n
+    penalty_ms, note = (
+        _post_race_penalty(r, car_rows, results_name, warnings)
+        if kind == "race"
+        else (None, r.remark or None)
+    )
+    return ClassificationRow(
+        position=position,
+        cls=r.cls,
+        number=r.number,
+        status=r.status,
+        laps=r.laps if r.laps is not None else laps_done,
+        provenance="timing",
+        total_ms=r.total_ms,
+        gap_ms=r.gap_first.ms,
+        gap_laps=r.gap_first.laps,
+        best_lap_ms=r.best_ms,
+        best_lap=r.best_lap,
+        penalty_ms=penalty_ms,
+        note=note,
+    )
+
+
+def _qualifying_row(r: ResultRow, car_rows: list[LapRow]) -> QualifyingRow:
+    """A qualifying result: ranked only with a time; its driver is who set the best lap."""
+    best = _best_row(car_rows)
+    return QualifyingRow(
+        number=r.number,
+        cls=r.cls,
+        position=r.position if r.best_ms is not None else None,
+        driver=best.lap.driver if best else None,
+        best_ms=r.best_ms,
+        gap_ms=r.gap_first.ms,
+        remark=None if r.best_ms is not None or car_rows else "no_time",
+    )
+
+
+def _circuit(
+    options: Options, names: list[str], rows: list[LapRow], laps_name: str, warnings: list[str]
+) -> tuple[Circuit, str]:
+    """The circuit and its slug: a known one named by the flag or the files (its length
+    checked against the speeds), else one built from the name and the given or estimated
+    length. A ``--turns`` flag always wins."""
+    places = [options.circuit] if options.circuit else _places(names)
+    known = None
+    if not options.lap_km:
+        known = next((k for k in map(find_circuit, places) if k is not None), None)
+    estimate = _estimate_lap_km(rows)
+    if known is not None:
+        circuit = known.circuit
+        slug = known.slug
+        if estimate and abs(estimate - circuit.length_km) > LAP_KM_DEVIATION * circuit.length_km:
+            warnings.append(
+                f"{laps_name}: the speeds imply a {estimate} km lap, not the "
+                f"{circuit.length_km} km of {circuit.name}; pass --lap-km if the layout differs"
+            )
+    else:
+        circuit, slug = _unknown_circuit(options, names, estimate, laps_name, warnings)
+    if options.turns is not None and circuit.turns != options.turns:
+        circuit = Circuit(
+            name=circuit.name,
+            length_km=circuit.length_km,
+            length_mi=circuit.length_mi,
+            turns=options.turns,
+        )
+    return circuit, slug
+
+
+def _unknown_circuit(
+    options: Options,
+    names: list[str],
+    estimate: float | None,
+    laps_name: str,
+    warnings: list[str],
+) -> tuple[Circuit, str]:
+    """A circuit the table does not know: its name from the flag or the file names, its
+    length from ``--lap-km`` or the speeds (with a warning, since it is an estimate)."""
+    name = options.circuit or next((w for w in map(_circuit_words, _places(names)) if w), "")
+    if not name:
+        raise TimingError(
+            f"{laps_name}: cannot tell the circuit from the file name; pass --circuit NAME"
+        )
+    km = options.lap_km or estimate
+    if not km:
+        raise TimingError(
+            f"{laps_name}: no KPH column to estimate the lap length from; pass --lap-km KM"
+        )
+    circuit = Circuit(
+        name=name,
+        length_km=round(km, 3),
+        length_mi=round(km / KM_PER_MILE, 3),
+        turns=options.turns,
+    )
+    slug = _slug(name) or "circuit"
+    if options.lap_km is None:
+        warnings.append(
+            f"{laps_name}: circuit {name!r} is not known; lap length {km} km estimated from KPH"
+        )
+    return circuit, slug
+
+
+def _session_word(kind: SessionKind, basename: str) -> str:
+    """The word for the session in ids and event names: a practice file says so in its name."""
+    if kind == "race":
+        return "race"
+    return "practice" if "practice" in basename.lower() else "qualifying"
+
+
+def _race_id(options: Options, derived: str) -> str:
+    """The recording id: the flag's, else the derived words as a slug of at most 64."""
+    race_id = options.id or _slug(derived)[:64].strip("-")
+    if not re.match(r"^[a-z0-9][a-z0-9_-]*$", race_id) or len(race_id) > 64:
+        raise TimingError(
+            f"--id {race_id!r}: use lower-case letters, digits, '-' and '_' (at most 64)"
+        )
+    return race_id
 
 
 _PENALTY_TIME = re.compile(r"^\+?\s*([\d:'.]{1,16})\s*(?:s|sec|secs|seconds?|\")?$", re.IGNORECASE)
