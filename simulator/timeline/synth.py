@@ -595,6 +595,28 @@ def _unscheduled_stop(
     )
 
 
+@dataclass
+class _Frame:
+    """What laying out a race around its winner shares: the cars, the winner and its
+    pace, the safety car's lap and the winner's own draws."""
+
+    recording: Recording
+    race: str
+    seed: int
+    settings: SynthSettings
+    notes: Reading
+    cars: dict[str, Car]
+    winner: Car
+    m_w: float
+    fcy_ms: float
+    wrng: random.Random
+    """Draws of the winner's layout, in order: each interruption's lap share, then its
+    last crossing past the time."""
+
+    def schedule(self, periods: list[Neutral]) -> Schedule:
+        return Schedule(periods=periods, fcy_ms=self.fcy_ms, settings=self.settings.cautions)
+
+
 def _layout(
     recording: Recording,
     race: str,
@@ -608,27 +630,113 @@ def _layout(
     Raises ``_Infeasible`` when a car cannot make its recorded laps. With
     ``only``, the pace of the other cars (but the winner) is left unsolved.
     """
-    facts = recording.facts
     notes = read_notes(recording)
     cars = _make_cars(recording, race, seed, settings, notes)
     finishers = [c for c in cars.values() if c.target.finisher]
     if not finishers:
         raise SynthesisError(f"{race}: no car was running at the finish")
     winner = finishers[0]
-    cs = settings.cautions
     pole = min(c.pace.reference_ms for c in cars.values())
-    fcy_ms = pole * cs.fcy_lap_factor
-    wrng = _rng(seed, race, "winner", "layout")
-    schedule = Schedule(periods=[], fcy_ms=fcy_ms, settings=cs)
+    frame = _Frame(
+        recording=recording,
+        race=race,
+        seed=seed,
+        settings=settings,
+        notes=notes,
+        cars=cars,
+        winner=winner,
+        m_w=m_w,
+        fcy_ms=pole * settings.cautions.fcy_lap_factor,
+        wrng=_rng(seed, race, "winner", "layout"),
+    )
+    schedule, end_ms, tau_w = _race_schedule(frame)
+    winner.target.tau = tau_w
+    winner.target.m_guess = m_w
+    tol = settings.solve_tol_ms
 
-    # Interruptions the race facts record, at the winner's pace.
+    # The winner first: the safety car picks it up at every yellow.
+    _prepare(winner, schedule, settings, seed, race, tol)
+    chequered = _drive_winner(winner, schedule, settings)
+
+    natural: dict[str, float] = {}
+    _finish_targets(frame, finishers, schedule, chequered, natural)
+    _retire_targets(frame, schedule, chequered, natural)
+    _aim_guesses(cars, natural)
+
+    for car in cars.values():
+        if car is not winner and (only is None or car.target.number in only):
+            _prepare(car, schedule, settings, seed, race, tol)
+    return _Layout(
+        cars=cars,
+        winner=winner,
+        schedule=schedule,
+        end_ms=end_ms,
+        chequered=chequered,
+        winner_pace=m_w,
+    )
+
+
+def _race_schedule(frame: _Frame) -> tuple[Schedule, float, float]:
+    """The neutralisations, when time runs out and the winner's last crossing.
+
+    The recorded interruptions come first, then the crashes the notes time,
+    then as many yellows as the winner's laps need to fill the race (a race
+    whose length the result does not pin down gets a natural share of yellow
+    and ends where the winner does).
+    """
+    settings = frame.settings
+    cs = settings.cautions
+    winner, m_w = frame.winner, frame.m_w
+    fixed, red_total = _interruptions(frame)
+    schedule = frame.schedule(fixed)
+    t_fixed = _est(winner, schedule, m_w)
+
+    # When time runs out, and the yellows that make the winner's laps fill the race.
+    ref_w = winner.pace.reference_ms
+    g_w = ref_w * (1 + winner.pace.base)
+    loss_per_ms = max(0.05, 1.0 - m_w * g_w / frame.fcy_ms)
+    duration_s = frame.recording.facts.length.duration_s
+    if duration_s is not None:
+        end_ms = _time_up(duration_s * 1000.0, fixed, red_total, t_fixed, settings)
+        tau_w = end_ms + frame.wrng.uniform(*settings.winner_overrun) * FLOOR * ref_w
+        crashes = _rng(frame.seed, frame.race, "crashes")
+        if _crash_yellows(frame.notes, frame.cars, fixed, end_ms, crashes, cs):
+            schedule = frame.schedule(sorted(fixed, key=lambda p: p.start))
+            fixed = list(schedule.periods)
+            t_fixed = _est(winner, schedule, m_w)
+        yellow = (tau_w - t_fixed) / loss_per_ms
+    else:
+        yellow = settings.natural_yellow_share * t_fixed / (1 - settings.natural_yellow_share)
+        end_ms = 0.0
+        tau_w = 0.0
+    horizon = end_ms if end_ms else t_fixed + yellow * loss_per_ms
+    placed = place_yellows(yellow, horizon, fixed, _rng(frame.seed, frame.race, "yellows"), cs)
+    schedule = frame.schedule(sorted([*fixed, *placed], key=lambda p: p.start))
+    if end_ms and placed:
+        _fit_yellows(frame, schedule, fixed, placed, horizon, tau_w)
+    if not end_ms:
+        tau_w = _est(winner, schedule, m_w)
+        end_ms = tau_w
+    return schedule, end_ms, tau_w
+
+
+def _interruptions(frame: _Frame) -> tuple[list[Neutral], float]:
+    """The interruptions the race facts record, placed at the winner's pace, and the
+    total red-flag time.
+
+    Each starts partway round the lap the facts give (a random share of it);
+    a red flag is followed by a restart behind the safety car, and one on the
+    opening lap names the cars the result has out there.
+    """
+    cs = frame.settings.cautions
+    plan = frame.winner.plan
     fixed: list[Neutral] = []
     red_total = 0.0
-    for stop_ in sorted(facts.interruptions, key=lambda i: i.lap):
-        frac = wrng.uniform(0.15, 0.5)
-        p = start(winner.plan)
-        probe = Schedule(periods=list(fixed), fcy_ms=fcy_ms, settings=cs)
-        advance(Walk(plan=winner.plan, schedule=probe, m=m_w), p, d_stop=stop_.lap + frac)
+    for stop_ in sorted(frame.recording.facts.interruptions, key=lambda i: i.lap):
+        frac = frame.wrng.uniform(0.15, 0.5)
+        p = start(plan)
+        probe = frame.schedule(list(fixed))
+        advance(Walk(plan=plan, schedule=probe, m=frame.m_w), p, d_stop=stop_.lap + frac)
         begin = p.t
         end = begin + stop_.duration_s * 1000
         if stop_.kind == "red_flag":
@@ -639,7 +747,7 @@ def _layout(
                     end,
                     bunch=False,
                     reason=stop_.reason,
-                    cars=_out_at(cars, stop_.lap) if stop_.lap == 0 else (),
+                    cars=_out_at(frame.cars, stop_.lap) if stop_.lap == 0 else (),
                     provenance=stop_.provenance,
                 )
             )
@@ -647,7 +755,7 @@ def _layout(
                 Neutral(
                     "fcy",
                     end,
-                    end + cs.restart_laps * fcy_ms,
+                    end + cs.restart_laps * frame.fcy_ms,
                     bunch=False,
                     reason="restart behind the safety car",
                     provenance=stop_.provenance,
@@ -658,76 +766,81 @@ def _layout(
             fixed.append(
                 Neutral("fcy", begin, end, reason=stop_.reason, provenance=stop_.provenance)
             )
-    schedule = Schedule(periods=fixed, fcy_ms=fcy_ms, settings=cs)
-    t_fixed = _est(winner, schedule, m_w)
+    return fixed, red_total
 
-    # When time runs out, and the yellows that make the winner's laps fill the race.
-    ref_w = winner.pace.reference_ms
-    g_w = ref_w * (1 + winner.pace.base)
-    loss_per_ms = max(0.05, 1.0 - m_w * g_w / fcy_ms)
-    if facts.length.duration_s is not None:
-        scheduled = facts.length.duration_s * 1000.0
-        end_ms = scheduled
-        if t_fixed > scheduled and red_total > 0:
-            # The result shows the clock stood still for part of the red flag.
-            racing = t_fixed - _red_span(fixed)
-            end_ms = min(scheduled + red_total, t_fixed + settings.natural_yellow_share * racing)
-        tau_w = end_ms + wrng.uniform(*settings.winner_overrun) * FLOOR * ref_w
-        if _crash_yellows(notes, cars, fixed, end_ms, _rng(seed, race, "crashes"), cs):
-            schedule = Schedule(
-                periods=sorted(fixed, key=lambda p: p.start), fcy_ms=fcy_ms, settings=cs
-            )
-            fixed = list(schedule.periods)
-            t_fixed = _est(winner, schedule, m_w)
-        yellow = (tau_w - t_fixed) / loss_per_ms
-    else:
-        yellow = settings.natural_yellow_share * t_fixed / (1 - settings.natural_yellow_share)
-        end_ms = 0.0
-        tau_w = 0.0
-    horizon = end_ms if end_ms else t_fixed + yellow * loss_per_ms
-    placed = place_yellows(yellow, horizon, fixed, _rng(seed, race, "yellows"), cs)
-    schedule = Schedule(
-        periods=sorted([*fixed, *placed], key=lambda p: p.start), fcy_ms=fcy_ms, settings=cs
-    )
-    if end_ms and placed:
-        # Stretch or shrink the yellows so that the winner, at its own pace, takes
-        # the flag just when it should: the estimate above knew nothing of stops
-        # made cheaply under yellow, nor of the spread of lap times.
-        room = _yellow_room(placed, fixed, horizon, cs)
 
-        def late(k: float) -> float:
-            schedule.periods = _scaled(fixed, placed, k, room)
-            return _est(winner, schedule, m_w, bunch=False) - tau_w
+def _time_up(
+    scheduled: float,
+    fixed: list[Neutral],
+    red_total: float,
+    t_fixed: float,
+    settings: SynthSettings,
+) -> float:
+    """When time runs out: the scheduled length, unless the winner could not have made
+    its laps in it; then the clock stood still for (part of) the red flag."""
+    if t_fixed > scheduled and red_total > 0:
+        # The result shows the clock stood still for part of the red flag.
+        racing = t_fixed - _red_span(fixed)
+        return min(scheduled + red_total, t_fixed + settings.natural_yellow_share * racing)
+    return scheduled
 
-        k, _ = _root(late, 1.0, 0.1, 0.0, settings.solve_tol_ms, 1e-4, early=1000.0)
+
+def _fit_yellows(
+    frame: _Frame,
+    schedule: Schedule,
+    fixed: list[Neutral],
+    placed: list[Neutral],
+    horizon: float,
+    tau_w: float,
+) -> None:
+    """Stretch or shrink the placed yellows so that the winner, at its own pace, takes
+    the flag just when it should.
+
+    The yellow time was estimated knowing nothing of stops made cheaply under
+    yellow, nor of the spread of lap times; each yellow keeps within its room.
+    """
+    room = _yellow_room(placed, fixed, horizon, frame.settings.cautions)
+
+    def late(k: float) -> float:
         schedule.periods = _scaled(fixed, placed, k, room)
-    if not end_ms:
-        tau_w = _est(winner, schedule, m_w)
-        end_ms = tau_w
-    winner.target.tau = tau_w
-    winner.target.m_guess = m_w
-    tol = settings.solve_tol_ms
+        return _est(frame.winner, schedule, frame.m_w, bunch=False) - tau_w
 
-    def prepare(car: Car) -> None:
-        _prepare(car, schedule, settings, seed, race, tol)
+    k, _ = _root(late, 1.0, 0.1, 0.0, frame.settings.solve_tol_ms, 1e-4, early=1000.0)
+    schedule.periods = _scaled(fixed, placed, k, room)
 
-    # The winner first: the safety car picks it up at every yellow.
-    prepare(winner)
+
+def _drive_winner(winner: Car, schedule: Schedule, settings: SynthSettings) -> float:
+    """Drive the winner and return when it takes the chequered flag.
+
+    The safety car picks the winner up at every bunching yellow, so its place
+    on the track is fixed as each such yellow starts.
+    """
 
     def place_safety_car(idx: int, p: Progress) -> None:
         period = schedule.periods[idx]
         if period.kind == "fcy" and period.bunch:
             schedule.sc[idx] = p.d + 0.002
 
-    _run(winner, schedule, settings, tol, bunch=False, on_start=place_safety_car)
+    _run(winner, schedule, settings, settings.solve_tol_ms, bunch=False, on_start=place_safety_car)
     assert winner.progress is not None
-    chequered = winner.progress.t
+    return winner.progress.t
 
-    # Every other car's last crossing: where its own pace brings it (or its
-    # recorded gap to the winner), kept in classification order within the
-    # lap after the flag.
+
+def _finish_targets(
+    frame: _Frame,
+    finishers: list[Car],
+    schedule: Schedule,
+    chequered: float,
+    natural: dict[str, float],
+) -> None:
+    """Every other running car's last crossing: its recorded gap to the winner, or where
+    its own pace brings it (noted in ``natural``).
+
+    Cars on one lap keep their classification order, at least the finishing gap
+    apart, within the window after the flag.
+    """
+    settings, winner, race = frame.settings, frame.winner, frame.race
     gap = settings.finish_gap_ms
-    natural: dict[str, float] = {}
     groups: dict[int, list[Car]] = {}
     for car in finishers:
         groups.setdefault(car.target.laps, []).append(car)
@@ -743,7 +856,7 @@ def _layout(
             if known is not None:
                 car.target.tau = chequered + known
                 continue
-            m = _rng(seed, race, car.target.number, "finish").uniform(*settings.natural_pace)
+            m = _rng(frame.seed, race, car.target.number, "finish").uniform(*settings.natural_pace)
             car.target.tau = _est(car, schedule, m)
             car.target.m_guess = m
             natural[car.target.number] = car.target.tau
@@ -753,10 +866,19 @@ def _layout(
             car.target.tau = min(max(car.target.tau, first + i * gap), last - (len(rest) - i) * gap)
         for above, car in itertools.pairwise(rest):
             car.target.tau = max(car.target.tau, above.target.tau + gap)
-    retired = [c for c in cars.values() if not c.target.finisher]
+
+
+def _retire_targets(
+    frame: _Frame, schedule: Schedule, chequered: float, natural: dict[str, float]
+) -> None:
+    """Each retired car's last crossing: where its own pace brings it (noted in
+    ``natural``), at least a margin before the flag, and just before the crash the
+    notes time when they do; whether it retires in the pit lane."""
+    settings = frame.settings
+    retired = [c for c in frame.cars.values() if not c.target.finisher]
     latest: dict[str, float] = {}
     for car in retired:
-        rrng = _rng(seed, race, car.target.number, "retire")
+        rrng = _rng(frame.seed, frame.race, car.target.number, "retire")
         car.retire_in_pits = rrng.random() < settings.retire_in_pits_p and car.target.laps > 0
         if car.target.laps == 0:
             continue
@@ -774,7 +896,12 @@ def _layout(
         if car.crash is not None:
             car.target.tau = latest[car.target.number]
         car.target.m_guess = m
-    # Cars out on the same lap keep their recorded order: each after the one above.
+    _keep_retired_order(retired, latest, settings.finish_gap_ms)
+
+
+def _keep_retired_order(retired: list[Car], latest: dict[str, float], gap: float) -> None:
+    """Cars out on the same lap keep their recorded order: each after the one above,
+    none past its latest crossing."""
     by_laps: dict[int, list[Car]] = {}
     for car in retired:
         if car.target.laps > 0:
@@ -786,23 +913,14 @@ def _layout(
         for car in reversed(group):
             car.target.tau = min(car.target.tau, latest[car.target.number], bound - gap)
             bound = car.target.tau
-    # Where a target moved off a car's natural time, start the solver from a
-    # pace scaled to match (green running is most of the time).
+
+
+def _aim_guesses(cars: dict[str, Car], natural: dict[str, float]) -> None:
+    """Where a target moved off a car's natural time, start the solver from a pace
+    scaled to match (green running is most of the time)."""
     for number, t_nat in natural.items():
         target = cars[number].target
         target.m_guess *= 1.0 + (target.tau - t_nat) / (0.6 * max(target.tau, 1.0))
-
-    for car in cars.values():
-        if car is not winner and (only is None or car.target.number in only):
-            prepare(car)
-    return _Layout(
-        cars=cars,
-        winner=winner,
-        schedule=schedule,
-        end_ms=end_ms,
-        chequered=chequered,
-        winner_pace=m_w,
-    )
 
 
 def _out_at(cars: dict[str, Car], lap: int) -> tuple[str, ...]:
@@ -1161,13 +1279,30 @@ def _car_events(
     settings: SynthSettings,
     story: _Story,
 ) -> list[Event]:
-    number = car.target.number
-    rng = _rng(seed, race, number, "sectors")
+    """One car's events: its drive as recorded, then its finish or its retirement."""
     rec = list(car.record)
-    # Intermediate crossings wander a little within their lap, and so do the
-    # line crossings behind the safety car, which would otherwise all take
-    # the same time to the millisecond (display only: the order of the cars
-    # and every lap that decides the result stay as driven).
+    rng = _rng(seed, race, car.target.number, "sectors")
+    times = _shown_times(car, rec, schedule, settings, rng)
+    out = _drive_events(car, race, lines, rec, times, schedule, chequered, story)
+    out.extend(_end_events(car, race, story))
+    return out
+
+
+def _shown_times(
+    car: Car,
+    rec: list[Record],
+    schedule: Schedule,
+    settings: SynthSettings,
+    rng: random.Random,
+) -> list[float]:
+    """The time shown for each record of the drive.
+
+    Intermediate crossings wander a little within their lap, and so do the
+    line crossings behind the safety car, which would otherwise all take the
+    same time to the millisecond (display only: the order of the cars and
+    every lap that decides the result stay as driven). A crossing never moves
+    more than 0.4 of the way to its neighbours.
+    """
     times = [r[1] for r in rec]
     margin = settings.yellow_wander_ms * 4
     for i, r in enumerate(rec):
@@ -1182,6 +1317,26 @@ def _car_events(
         t = r[1] + rng.gauss(0.0, sd)
         t = min(max(t, r[1] - 0.4 * (r[1] - prev)), r[1] + 0.4 * (nxt - r[1]))
         times[i] = t
+    return times
+
+
+def _drive_events(
+    car: Car,
+    race: str,
+    lines: int,
+    rec: list[Record],
+    times: list[float],
+    schedule: Schedule,
+    chequered: float,
+    story: _Story,
+) -> list[Event]:
+    """The sector, lap and pit events of the drive, at the times shown.
+
+    Sector and lap times are differences of the shown (whole-millisecond)
+    crossings, so that they add up to what the clock shows; a lap with fewer
+    crossings than the timing lines has its first sectors unknown (``None``).
+    """
+    number = car.target.number
     stops = car.walk.stops if car.walk is not None else []
     out: list[Event] = []
     lap_start = 0
@@ -1233,42 +1388,66 @@ def _car_events(
             out.append(PitIn(race=race, seq=1, t_ms=t_ms, car=number, lap=lap))
         elif kind == PIT_OUT:
             stop = stops[extra]
-            out.append(
-                PitOut(
-                    race=race,
-                    seq=1,
-                    t_ms=t_ms,
-                    car=number,
-                    lap=lap,
-                    pit_ms=t_ms - pit_in_ms,
-                    stationary_ms=round(stop.standing_ms),
-                    driver=car.drivers[stop.driver],
-                    driver_change=stop.change,
-                )
-            )
-            out.extend(story.stop_messages(car, stop, pit_in_ms, t_ms, at_wheel))
+            out.extend(_pit_out_events(car, race, stop, lap, pit_in_ms, t_ms, at_wheel, story))
             at_wheel = car.drivers[stop.driver]
-    t_end = car.progress.t if car.progress is not None else 0.0
-    if car.target.finisher:
-        out.append(Finish(race=race, seq=1, t_ms=round(t_end), car=number, lap=car.target.laps))
-    else:
-        reason = "retired in the pit lane" if car.retire_in_pits else "stopped on track"
-        if car.target.laps == 0:
-            reason = story.opening_crash or "accident on the opening lap"
-        if car.crash is not None:
-            reason = _crash_reason(car.crash, short=True)
-        out.append(
-            Retire(
-                race=race,
-                seq=1,
-                t_ms=round(car.retire_ms),
-                car=number,
-                lap=car.target.laps,
-                reason=reason,
-            )
-        )
-        out.append(story.retirement(car, round(car.retire_ms), reason))
     return out
+
+
+def _pit_out_events(
+    car: Car,
+    race: str,
+    stop: Stop,
+    lap: int,
+    pit_in_ms: int,
+    t_ms: int,
+    at_wheel: str,
+    story: _Story,
+) -> list[Event]:
+    """Leaving the pits: the time in the lane and at a standstill, who drives on, and what
+    race control says of the stop (``at_wheel``: who drove in)."""
+    return [
+        PitOut(
+            race=race,
+            seq=1,
+            t_ms=t_ms,
+            car=car.target.number,
+            lap=lap,
+            pit_ms=t_ms - pit_in_ms,
+            stationary_ms=round(stop.standing_ms),
+            driver=car.drivers[stop.driver],
+            driver_change=stop.change,
+        ),
+        *story.stop_messages(car, stop, pit_in_ms, t_ms, at_wheel),
+    ]
+
+
+def _end_events(car: Car, race: str, story: _Story) -> list[Event]:
+    """How the car's race ends: a finish, or a retirement with its reason and message.
+
+    A crash the notes tell of names the reason; otherwise an opening-lap
+    retirement takes the opening crash's words, and any other is told by
+    where the car stopped.
+    """
+    number = car.target.number
+    if car.target.finisher:
+        t_end = car.progress.t if car.progress is not None else 0.0
+        return [Finish(race=race, seq=1, t_ms=round(t_end), car=number, lap=car.target.laps)]
+    reason = "retired in the pit lane" if car.retire_in_pits else "stopped on track"
+    if car.target.laps == 0:
+        reason = story.opening_crash or "accident on the opening lap"
+    if car.crash is not None:
+        reason = _crash_reason(car.crash, short=True)
+    return [
+        Retire(
+            race=race,
+            seq=1,
+            t_ms=round(car.retire_ms),
+            car=number,
+            lap=car.target.laps,
+            reason=reason,
+        ),
+        story.retirement(car, round(car.retire_ms), reason),
+    ]
 
 
 _MESSAGE_PROVENANCE: dict[str, MessageProvenance] = {
