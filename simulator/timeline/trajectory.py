@@ -139,20 +139,27 @@ def start(plan: CarPlan) -> Progress:
     return Progress(t=0.0, driver=plan.first_driver, lap_driver=plan.first_driver)
 
 
+# Checkpoints within a lap, where the car's state changes.
+_AT_SECTOR = 0  # an intermediate timing line
+_AT_LINE = 1  # the finish line: a lap completed
+_AT_PIT_ENTRY = 2  # the pit lane entry: the car decides whether to stop
+_AT_BOX = 3  # its pit box: it stands
+_AT_LANE_EXIT = 4  # the pit lane exit: back on track
+_AT_STOP = 6  # where the caller asked the walk to stop
+
+
 def advance(w: Walk, p: Progress, *, t_stop: float = _INF, d_stop: float = _INF) -> None:
     """Move the car until time ``t_stop`` or distance ``d_stop``, whichever comes first.
 
     ``d_stop`` at a whole lap stops as the car crosses the line (after recording it).
+    Each step runs at one speed up to the nearest of: the next checkpoint of
+    the lap, the next change of flag (or the end of a wait), and the moment
+    the car closes up on the safety car's queue.
     """
     if p.d >= d_stop:
         return
     plan = w.plan
-    sched = w.schedule
-    periods = sched.periods
-    n_periods = len(periods)
-    v_fcy = 1.0 / sched.fcy_ms
-    rho = sched.settings.compression
-    stagger = sched.settings.red_stagger
+    v_fcy = 1.0 / w.schedule.fcy_ms
     rec = w.record
     marks = plan.sector_marks if rec is not None else ()
     m = w.m
@@ -166,28 +173,13 @@ def advance(w: Walk, p: Progress, *, t_stop: float = _INF, d_stop: float = _INF)
 
     while True:
         t = p.t
-        while p.pidx < n_periods and periods[p.pidx].end <= t:
-            if p.entered == p.pidx:
-                _leave_period(p, periods[p.pidx].kind)
-            p.pidx += 1
-        per = periods[p.pidx] if p.pidx < n_periods else None
-        inside = per is not None and per.start <= t
-        if t >= t_stop:
-            # Stop before entering a period that starts now: the caller may
-            # first have to place the safety car.
+        flags = _flags(w, p, t, t_stop)
+        if flags is None:
             return
-        if inside and per is not None and p.entered != p.pidx:
-            p.entered = p.pidx
-            _enter_period(p, w, per.kind, per.bunch, per.start, per.end, rho)
-        t_next = t_stop
-        if per is not None:
-            bound = per.end if inside else per.start
-            if bound < t_next:
-                t_next = bound
-        yellow = inside and per is not None and per.kind == "fcy"
-        red = inside and per is not None and per.kind == "red"
+        t_next, yellow, red = flags
         waiting = p.wait_until > t
 
+        # Whole laps with no decision on them: jump over them at once.
         if (
             rec is None
             and not waiting
@@ -195,73 +187,15 @@ def advance(w: Walk, p: Progress, *, t_stop: float = _INF, d_stop: float = _INF)
             and not p.catching
             and not red
             and p.d == p.laps
+            and _skip_free_laps(plan, p, m, yellow, t, t_next, d_stop, v_fcy)
         ):
-            # Whole laps with no decision on them: jump over them at once.
-            k0 = p.laps
-            last = plan.rule.free_laps(p, yellow)
-            if d_stop < last:
-                last = math.floor(d_stop)
-            if last > k0:
-                if yellow:
-                    j = min(last, k0 + math.floor((t_next - t) * v_fcy))
-                    dt_j = (j - k0) / v_fcy
-                else:
-                    j, dt_j = _green_jump(plan, p, m, k0, last, t_next - t)
-                if j > k0:
-                    p.t = t + dt_j
-                    p.d = float(j)
-                    p.laps = j
-                    p.fuel += (j - k0) * (plan.rule.settings.yellow_fuel if yellow else 1.0)
-                    if j >= d_stop:
-                        return
-                    continue
+            if p.laps >= d_stop:
+                return
+            continue
 
-        if waiting:
-            v = 0.0
-            if p.wait_until < t_next:
-                t_next = p.wait_until
-        elif p.in_lane:
-            stop = p.stop
-            v = (LANE_IN + LANE_OUT) / (stop.lane_ms if stop is not None else 24_000.0)
-        elif red:
-            v = v_fcy
-        elif yellow:
-            if p.catching:
-                v = max(1.0 / (plan.catch_factor * m * _lap_ms(plan, p)), 1.05 * v_fcy)
-            else:
-                v = v_fcy
-        else:
-            v = 1.0 / (m * _lap_ms(plan, p))
-
-        # Next distance checkpoint within this lap.
+        v, t_next = _speed(plan, p, m, t_next, waiting, red, yellow, v_fcy)
         d = p.d
-        base = p.laps
-        nxt = base + 1
-        cp = float(nxt)
-        code = 1  # 0 sector, 1 line, 2 pit entry (decide), 3 box, 4 lane exit, 6 stop
-        sector_j = 0
-        for j, mark in enumerate(marks, start=1):
-            a = base + mark
-            if a > d:
-                if a < cp:
-                    cp, code, sector_j = a, 0, j
-                break
-        if p.in_lane:
-            stop = p.stop
-            if stop is not None and stop.lap == base:
-                a = base + LANE_OUT
-                if d < a < cp:
-                    cp, code = a, 4
-            elif stop is not None and stop.lap == nxt and not p.at_box:
-                a = nxt - LANE_BOX
-                if d < a < cp:
-                    cp, code = a, 3
-        else:
-            a = nxt - LANE_IN
-            if d < a < cp:
-                cp, code = a, 2
-        if d < d_stop < cp:
-            cp, code = d_stop, 6
+        cp, code, sector_j = _checkpoint(p, marks, d_stop)
 
         dt_d = (cp - d) / v if v > 0 else _INF
         dt_t = t_next - t
@@ -274,51 +208,10 @@ def advance(w: Walk, p: Progress, *, t_stop: float = _INF, d_stop: float = _INF)
             if p.catching:
                 p.x -= (v - v_fcy) * dt_d
             p.d = cp
-            if code == 1:
-                p.laps = nxt
-                if rec is not None:
-                    rec.append((LINE, p.t, nxt, 1 if p.in_lane else 0, p.lap_driver))
-                p.lap_driver = p.driver
-                if p.hold_pending:
-                    p.hold_pending = False
-                    p.catching = False
-                    p.wait_until = p.red_end + stagger * (p.t - p.red_start)
-                if nxt >= d_stop:
-                    return
-            elif code == 0:
-                if rec is not None:
-                    rec.append((SECTOR, p.t, nxt, sector_j, 0))
-            elif code == 2:
-                stop = plan.rule.decide(p, nxt, yellow)
-                if stop is not None:
-                    p.in_lane = True
-                    p.stop = stop
-                    p.at_box = False
-                    p.catching = False
-                    if rec is not None:
-                        rec.append((PIT_IN, p.t, base, 0, 0))
-            elif code == 3:
-                stop = p.stop
-                assert stop is not None
-                p.wait_until = p.t + stop.standing_ms
-                p.at_box = True
-                p.driver = stop.driver
-                p.fuel = 0.0
-                p.stint_first = nxt + 1
-                p.g_lap = -1
-            elif code == 4:
-                p.in_lane = False
-                p.at_box = False
-                if p.stop is not None and (rec is not None or w.keep_stops):
-                    if rec is not None:
-                        rec.append((PIT_OUT, p.t, base, len(w.stops), 0))
-                    w.stops.append(p.stop)
-                p.stop = None
-                # Rejoins the queue where it is: no closing up past the cars it let by.
-                p.catching = False
-            elif code == 6:
+            if _pass_checkpoint(w, p, code, sector_j, yellow, d_stop):
                 return
         elif dt_c <= dt_t:
+            # Closed up on the queue: from here it keeps the safety car's pace.
             p.t = t + dt_c
             p.d = d + v * dt_c
             p.x = p.target
@@ -329,6 +222,198 @@ def advance(w: Walk, p: Progress, *, t_stop: float = _INF, d_stop: float = _INF)
                 p.d = d + v * dt_t
                 if p.catching:
                     p.x -= (v - v_fcy) * dt_t
+
+
+def _flags(w: Walk, p: Progress, t: float, t_stop: float) -> tuple[float, bool, bool] | None:
+    """The flag the car runs under from ``t`` (yellow, red) and until when it holds, short
+    of ``t_stop``; None at ``t_stop``. Goes through the ends and starts of periods on the
+    way (the safety car's queue, a red flag's hold)."""
+    periods = w.schedule.periods
+    n_periods = len(periods)
+    while p.pidx < n_periods and periods[p.pidx].end <= t:
+        if p.entered == p.pidx:
+            _leave_period(p, periods[p.pidx].kind)
+        p.pidx += 1
+    if t >= t_stop:
+        # Stop before entering a period that starts now: the caller may
+        # first have to place the safety car.
+        return None
+    if p.pidx >= n_periods:
+        return t_stop, False, False
+    per = periods[p.pidx]
+    inside = per.start <= t
+    if inside and p.entered != p.pidx:
+        p.entered = p.pidx
+        rho = w.schedule.settings.compression
+        _enter_period(p, w, per.kind, per.bunch, per.start, per.end, rho)
+    bound = per.end if inside else per.start
+    t_next = bound if bound < t_stop else t_stop
+    return t_next, inside and per.kind == "fcy", inside and per.kind == "red"
+
+
+def _skip_free_laps(
+    plan: CarPlan,
+    p: Progress,
+    m: float,
+    yellow: bool,
+    t: float,
+    t_next: float,
+    d_stop: float,
+    v_fcy: float,
+) -> bool:
+    """Jump the car from the line over the whole laps the stop rule has no decision on,
+    short of ``d_stop`` and of the next change of flag; whether it moved.
+
+    Under yellow every lap takes the safety car's time; under green the laps
+    are summed in closed form. Fuel burns as it would lap by lap.
+    """
+    k0 = p.laps
+    last = plan.rule.free_laps(p, yellow)
+    if d_stop < last:
+        last = math.floor(d_stop)
+    if last <= k0:
+        return False
+    if yellow:
+        j = min(last, k0 + math.floor((t_next - t) * v_fcy))
+        dt_j = (j - k0) / v_fcy
+    else:
+        j, dt_j = _green_jump(plan, p, m, k0, last, t_next - t)
+    if j <= k0:
+        return False
+    p.t = t + dt_j
+    p.d = float(j)
+    p.laps = j
+    p.fuel += (j - k0) * (plan.rule.settings.yellow_fuel if yellow else 1.0)
+    return True
+
+
+def _speed(
+    plan: CarPlan,
+    p: Progress,
+    m: float,
+    t_next: float,
+    waiting: bool,
+    red: bool,
+    yellow: bool,
+    v_fcy: float,
+) -> tuple[float, float]:
+    """The car's speed in laps per ms, and until when it holds (a wait may end sooner).
+
+    Standing (in its box, or held after a red flag) it does not move; in the
+    lane it keeps the limit; under red it drives to the line at the safety
+    car's pace; under yellow it laps at that pace, quicker while it closes up
+    on the queue; under green at its own lap time times the pace multiplier.
+    """
+    if waiting:
+        v = 0.0
+        if p.wait_until < t_next:
+            t_next = p.wait_until
+    elif p.in_lane:
+        stop = p.stop
+        v = (LANE_IN + LANE_OUT) / (stop.lane_ms if stop is not None else 24_000.0)
+    elif red:
+        v = v_fcy
+    elif yellow:
+        if p.catching:
+            v = max(1.0 / (plan.catch_factor * m * _lap_ms(plan, p)), 1.05 * v_fcy)
+        else:
+            v = v_fcy
+    else:
+        v = 1.0 / (m * _lap_ms(plan, p))
+    return v, t_next
+
+
+def _checkpoint(p: Progress, marks: tuple[float, ...], d_stop: float) -> tuple[float, int, int]:
+    """The next checkpoint within the lap: its distance, what it is and, for a timing
+    line, which sector it completes.
+
+    The pit lane has its own: the box on the lap the stop is due, the exit on
+    the lap after the line; on track the pit entry, where the car decides.
+    """
+    d = p.d
+    base = p.laps
+    nxt = base + 1
+    cp = float(nxt)
+    code = _AT_LINE
+    sector_j = 0
+    for j, mark in enumerate(marks, start=1):
+        a = base + mark
+        if a > d:
+            if a < cp:
+                cp, code, sector_j = a, _AT_SECTOR, j
+            break
+    if p.in_lane:
+        stop = p.stop
+        if stop is not None and stop.lap == base:
+            a = base + LANE_OUT
+            if d < a < cp:
+                cp, code = a, _AT_LANE_EXIT
+        elif stop is not None and stop.lap == nxt and not p.at_box:
+            a = nxt - LANE_BOX
+            if d < a < cp:
+                cp, code = a, _AT_BOX
+    else:
+        a = nxt - LANE_IN
+        if d < a < cp:
+            cp, code = a, _AT_PIT_ENTRY
+    if d < d_stop < cp:
+        cp, code = d_stop, _AT_STOP
+    return cp, code, sector_j
+
+
+def _pass_checkpoint(
+    w: Walk, p: Progress, code: int, sector_j: int, yellow: bool, d_stop: float
+) -> bool:
+    """What happens as the car reaches the checkpoint (already at its distance): records,
+    laps, stops, the hold after a red flag; whether the walk ends there."""
+    rec = w.record
+    base = p.laps
+    nxt = base + 1
+    if code == _AT_LINE:
+        p.laps = nxt
+        if rec is not None:
+            rec.append((LINE, p.t, nxt, 1 if p.in_lane else 0, p.lap_driver))
+        p.lap_driver = p.driver
+        if p.hold_pending:
+            # Behind a red flag the cars stop at the line and leave in turn.
+            p.hold_pending = False
+            p.catching = False
+            p.wait_until = p.red_end + w.schedule.settings.red_stagger * (p.t - p.red_start)
+        return nxt >= d_stop
+    if code == _AT_SECTOR:
+        if rec is not None:
+            rec.append((SECTOR, p.t, nxt, sector_j, 0))
+    elif code == _AT_PIT_ENTRY:
+        stop = w.plan.rule.decide(p, nxt, yellow)
+        if stop is not None:
+            p.in_lane = True
+            p.stop = stop
+            p.at_box = False
+            p.catching = False
+            if rec is not None:
+                rec.append((PIT_IN, p.t, base, 0, 0))
+    elif code == _AT_BOX:
+        stop = p.stop
+        assert stop is not None
+        p.wait_until = p.t + stop.standing_ms
+        p.at_box = True
+        p.driver = stop.driver
+        p.fuel = 0.0
+        p.stint_first = nxt + 1
+        p.g_lap = -1
+    elif code == _AT_LANE_EXIT:
+        p.in_lane = False
+        p.at_box = False
+        if p.stop is not None and (rec is not None or w.keep_stops):
+            if rec is not None:
+                rec.append((PIT_OUT, p.t, base, len(w.stops), 0))
+            w.stops.append(p.stop)
+        p.stop = None
+        # Rejoins the queue where it is: no closing up past the cars it let by.
+        p.catching = False
+    elif code == _AT_STOP:
+        return True
+    return False
 
 
 def _lap_ms(plan: CarPlan, p: Progress) -> float:
