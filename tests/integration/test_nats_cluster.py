@@ -140,11 +140,12 @@ async def test_a_node_lost_and_back_mid_race_loses_nothing(tmp_path: Path) -> No
         for e in producer.log_events()
         if e.get("event") == "producer.command" and e.get("cmd") == "resend"
     ]
-    assert len(answered) == metrics["chequered_projector_resends_total"]
+    gaps_seen = sum(1 for e in projector.log_events() if e.get("event") == "seq_gap")
+    # A request published while the producer's node was down is lost and asked again.
+    assert len(answered) <= metrics["chequered_projector_resends_total"]
+    assert (len(answered) >= 1) == (gaps_seen >= 1)
     assert metrics["chequered_projector_resets_total"] >= len(answered)
-    assert len(witness.dead_letters) == sum(
-        1 for e in projector.log_events() if e.get("event") == "seq_gap"
-    )
+    assert len(witness.dead_letters) == gaps_seen
     assert any(e.get("event") == "producer.disconnected" for e in producer.log_events())
     for service in services:
         assert not service.tracebacks(), service.name
