@@ -391,43 +391,14 @@ def read_laps(table: Table, warnings: list[str] | None = None) -> list[LapRow]:
             for k, i in enumerate(sector_cols)
         ]
         pit_ms = _time_cell(table, line, "PIT_TIME", _cell(cells, i_pit), required=False)
-        flag_text = _cell(cells, i_flag).upper()
-        flag = _FLAGS.get(flag_text)
-        if flag is None:
-            if flag_text not in unknown_flags and warnings is not None:
-                warnings.append(
-                    f"{table.name}: line {line}: FLAG_AT_FL {flag_text!r} is not a known flag "
-                    f"(known: {', '.join(k for k in _FLAGS if k)}); taken as green"
-                )
-            unknown_flags.add(flag_text)
-            flag = "GF"
+        flag = _flag(table, line, _cell(cells, i_flag), unknown_flags, warnings)
         dnum_text = _cell(cells, i_dnum)
         # Driver numbers only tell driver changes apart: one that is not a number is dropped.
         driver_number = int(dnum_text) if _is_number(dnum_text) else None
-        kph_text = _cell(cells, i_kph)
-        try:
-            kph = float(kph_text) if kph_text else None
-        except ValueError:
-            kph = None  # speeds only estimate a lap length; a bad one is left out
-
+        kph = _kph(_cell(cells, i_kph))
         previous = last.get(car)
         if previous is not None:
-            p_lap, p_elapsed, p_line = previous
-            if lap == p_lap:
-                raise TimingError(
-                    f"{table.name}: line {line}: car {car} lap {lap} appears twice "
-                    f"(first at line {p_line}); remove the duplicate"
-                )
-            if lap < p_lap:
-                raise TimingError(
-                    f"{table.name}: line {line}: car {car} lap {lap} comes after its lap "
-                    f"{p_lap} (line {p_line}); the laps are out of order"
-                )
-            if elapsed <= p_elapsed:
-                raise TimingError(
-                    f"{table.name}: line {line}: car {car} lap {lap} ELAPSED "
-                    f"{cells[i_elapsed]} is not after its lap {p_lap} (line {p_line})"
-                )
+            _check_lap_order(table, line, car, lap, elapsed, cells[i_elapsed], previous)
         last[car] = (lap, elapsed, line)
         record = LapRecord(
             number=car,
@@ -455,6 +426,61 @@ def read_laps(table: Table, warnings: list[str] | None = None) -> list[LapRow]:
     if not out:
         raise TimingError(f"{table.name}: no laps after the header")
     return out
+
+
+def _flag(
+    table: Table, line: int, text: str, unknown: set[str], warnings: list[str] | None
+) -> Flag:
+    """The flag at the line a cell gives; one not known is green, with a warning the first
+    time it is seen (``unknown`` holds those seen)."""
+    flag_text = text.upper()
+    flag = _FLAGS.get(flag_text)
+    if flag is None:
+        if flag_text not in unknown and warnings is not None:
+            warnings.append(
+                f"{table.name}: line {line}: FLAG_AT_FL {flag_text!r} is not a known flag "
+                f"(known: {', '.join(k for k in _FLAGS if k)}); taken as green"
+            )
+        unknown.add(flag_text)
+        flag = "GF"
+    return flag
+
+
+def _kph(text: str) -> float | None:
+    """A lap's average speed; speeds only estimate a lap length, so a bad one is left out."""
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def _check_lap_order(
+    table: Table,
+    line: int,
+    car: str,
+    lap: int,
+    elapsed: int,
+    elapsed_text: str,
+    previous: tuple[int, int, int],
+) -> None:
+    """A car's laps must come once each, in order, each crossing the line later than
+    the one before (``previous``: its last lap, elapsed time and line)."""
+    p_lap, p_elapsed, p_line = previous
+    if lap == p_lap:
+        raise TimingError(
+            f"{table.name}: line {line}: car {car} lap {lap} appears twice "
+            f"(first at line {p_line}); remove the duplicate"
+        )
+    if lap < p_lap:
+        raise TimingError(
+            f"{table.name}: line {line}: car {car} lap {lap} comes after its lap "
+            f"{p_lap} (line {p_line}); the laps are out of order"
+        )
+    if elapsed <= p_elapsed:
+        raise TimingError(
+            f"{table.name}: line {line}: car {car} lap {lap} ELAPSED "
+            f"{elapsed_text} is not after its lap {p_lap} (line {p_line})"
+        )
 
 
 # -- results --------------------------------------------------------------------
@@ -576,37 +602,14 @@ def read_results(table: Table, kind: SessionKind) -> list[ResultRow]:
         # Unplaced cars may carry NC, DSQ or DNS where a position would be: they
         # keep their place in the file, and that word is their status if none is given.
         position = int(pos_text) if _is_number(pos_text) else None
-        status_text = re.sub(r"\s+", " ", _cell(cells, i_status).upper())
-        if not status_text and position is None:
-            status_text = pos_text.upper()
-        status = _STATUS.get(status_text)
-        if status is None and not _cell(cells, i_status) and position is None:
-            raise TimingError(
-                f"{table.name}: line {line}: POSITION {pos_text!r} is neither a number nor a status"
-            )
-        if status is None:
-            raise TimingError(
-                f"{table.name}: line {line}: STATUS {_cell(cells, i_status)!r} is not known "
-                "(known: Classified, Running, Not classified, Retired, DNF, Disqualified, "
-                "Excluded, DNS)"
-            )
+        status = _status(table, line, _cell(cells, i_status), pos_text, position)
         laps_text = _cell(cells, i_laps)
-        gaps: list[Gap] = []
-        for column, index in (("GAP_FIRST", i_gap1), ("GAP_PREVIOUS", i_gapp)):
-            text = _cell(cells, index)
-            gap = parse_gap(text)
-            if gap is None:
-                raise TimingError(
-                    f"{table.name}: line {line}: {column} {text!r} is neither a time "
-                    "nor a number of laps"
-                )
-            gaps.append(gap)
+        gaps = [
+            _gap(table, line, column, _cell(cells, index))
+            for column, index in (("GAP_FIRST", i_gap1), ("GAP_PREVIOUS", i_gapp))
+        ]
         best_lap_text = _cell(cells, i_bestlap)
-        penalty_text = _cell(cells, i_penalty)
-        penalty_ms = _penalty_time(penalty_text) if penalty_text else None
-        remarks = [_cell(cells, i_remark)]
-        if penalty_text and penalty_ms is None and penalty_text not in ("0", "-"):
-            remarks.insert(0, penalty_text)  # "Drive through", "+1 lap": said, not timed
+        penalty_ms, remark = _penalty_and_remark(_cell(cells, i_penalty), _cell(cells, i_remark))
         out.append(
             ResultRow(
                 line=line,
@@ -632,12 +635,53 @@ def read_results(table: Table, kind: SessionKind) -> list[ResultRow]:
                 tyre=_cell(cells, table.index("TIRES", "TYRES", "TYRE", "TIRE")),
                 drivers=_drivers(table, cells),
                 penalty_ms=penalty_ms or None,
-                remark="; ".join(r for r in remarks if r),
+                remark=remark,
             )
         )
     if not out:
         raise TimingError(f"{table.name}: no classified cars after the header")
     return out
+
+
+def _status(
+    table: Table, line: int, status_cell: str, pos_text: str, position: int | None
+) -> Status:
+    """A result's status: the STATUS cell, else the word in place of a position (an
+    unplaced car with neither is refused, as is a status not known)."""
+    status_text = re.sub(r"\s+", " ", status_cell.upper())
+    if not status_text and position is None:
+        status_text = pos_text.upper()
+    status = _STATUS.get(status_text)
+    if status is None and not status_cell and position is None:
+        raise TimingError(
+            f"{table.name}: line {line}: POSITION {pos_text!r} is neither a number nor a status"
+        )
+    if status is None:
+        raise TimingError(
+            f"{table.name}: line {line}: STATUS {status_cell!r} is not known "
+            "(known: Classified, Running, Not classified, Retired, DNF, Disqualified, "
+            "Excluded, DNS)"
+        )
+    return status
+
+
+def _gap(table: Table, line: int, column: str, text: str) -> Gap:
+    gap = parse_gap(text)
+    if gap is None:
+        raise TimingError(
+            f"{table.name}: line {line}: {column} {text!r} is neither a time nor a number of laps"
+        )
+    return gap
+
+
+def _penalty_and_remark(penalty_text: str, remark_text: str) -> tuple[int | None, str]:
+    """A penalty column's time, and what the penalty and remark columns say in words: a
+    penalty that is not a time ("Drive through", "+1 lap") is said, not timed."""
+    penalty_ms = _penalty_time(penalty_text) if penalty_text else None
+    remarks = [remark_text]
+    if penalty_text and penalty_ms is None and penalty_text not in ("0", "-"):
+        remarks.insert(0, penalty_text)
+    return penalty_ms, "; ".join(r for r in remarks if r)
 
 
 # -- facts ------------------------------------------------------------------------
