@@ -8,6 +8,13 @@ speaks RFC 6455 itself on an asyncio ``Protocol`` (no per-message task, no
 per-frame copy beyond the payload), so that the clients take as little CPU as
 possible from the processes being measured; ``impl="websockets"`` uses the
 websockets library instead, as a cross-check.
+
+Why not websockets' sans-I/O ``ClientProtocol`` for the frames: on the same
+stream of 100,000 unmasked 298-byte text frames, fed in 64 KiB reads, this
+parser took 0.71 µs of CPU per frame and ``ClientProtocol.receive_data`` with
+``events_received`` 2.53 µs (1.01 against 3.01 µs fed a frame at a time; best
+of 5, Python 3.11.7, websockets 17.4). At the target's 24,000 frames a second
+that difference is about 4% of a core, taken from the stages under test.
 """
 
 from __future__ import annotations
