@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="draw a lap chart (position by lap, one line per car) as SVG or PNG",
         description=(
             "Draw each car's running position lap by lap, coloured by class. "
-            "The output's suffix picks the format: .svg (no extra needed) or .png "
-            "(needs matplotlib: pip install 'chequered[plot]')."
+            "The output's suffix picks the format: .svg or .png; both are drawn by "
+            "matplotlib (pip install 'chequered[plot]')."
         ),
     )
     p.add_argument("race", metavar="RACE", help="a recording: name in replays/ or a path")
@@ -84,13 +84,10 @@ def run_lapchart(args: argparse.Namespace) -> int:
     if suffix not in (".svg", ".png"):
         raise UserError(f"{out}: a lap chart is written as .svg or .png")
     chart = lapchart.chart(build(args.race, args.seed))
-    if suffix == ".svg":
-        data = lapchart.svg(chart).encode()
-    else:
-        try:
-            data = lapchart.png(chart)
-        except lapchart.PlotUnavailable as exc:
-            raise UserError(f"{out}: {exc}") from exc
+    try:
+        data = lapchart.render(chart, "svg" if suffix == ".svg" else "png")
+    except lapchart.PlotUnavailable as exc:
+        raise UserError(f"{out}: {exc}") from exc
     _write(out, data)
     return 0
 

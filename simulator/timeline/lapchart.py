@@ -1,15 +1,14 @@
 """Lap charts: each car's running position lap by lap, one line per car, coloured by class.
 
-``chart(events)`` reads the positions off the ``lap`` events; ``svg(chart)``
-writes the picture as a string (no library); ``png(chart)`` draws it with
-matplotlib when the ``plot`` extra is installed.
+``chart(events)`` reads the positions off the ``lap`` events (pure); ``svg`` and
+``png`` draw it, both through one matplotlib drawing (the ``plot`` extra).
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from xml.sax.saxutils import escape
+from typing import Any, Literal
 
 from chequered.contract.events import Event, Lap, Retire, SessionOpened
 
@@ -88,87 +87,24 @@ def chart(events: list[Event]) -> Chart:
     return Chart(title=title, classes=classes, cars=running, laps=laps, positions=positions)
 
 
-def svg(c: Chart, style: ChartStyle | None = None) -> str:
-    """The chart as a standalone SVG document."""
-    s = style or ChartStyle()
-    height = s.margin_top + s.margin_bottom + s.row * c.positions
-    plot_w = s.width - s.margin_left - s.margin_right
-    span = max(1, c.laps)
-
-    def x(lap: int) -> float:
-        return s.margin_left + plot_w * lap / span
-
-    def y(position: int) -> float:
-        return s.margin_top + s.row * (position - 0.5)
-
-    out: list[str] = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{s.width}" height="{height}" '
-        f'viewBox="0 0 {s.width} {height}" font-family="sans-serif" '
-        f'font-size="{s.font_size}">',
-        f"<title>{escape(c.title)} lap chart</title>",
-        f'<rect width="{s.width}" height="{height}" fill="#ffffff"/>',
-        f'<text x="{s.margin_left}" y="{s.margin_top - 28}" font-size="{s.font_size + 4}" '
-        f'font-weight="bold">{escape(c.title)}</text>',
-    ]
-    # Grid: a faint line every ten laps, the lap numbers under the plot.
-    step = 10 if span > 30 else 5 if span > 10 else 1
-    bottom = s.margin_top + s.row * c.positions
-    for lap in range(0, span + 1, step):
-        out.append(
-            f'<line x1="{x(lap):.1f}" y1="{s.margin_top}" x2="{x(lap):.1f}" y2="{bottom}" '
-            'stroke="#e5e5e5"/>'
-        )
-        out.append(
-            f'<text x="{x(lap):.1f}" y="{bottom + 16}" text-anchor="middle" '
-            f'fill="#555">{lap}</text>'
-        )
-    out.append(
-        f'<text x="{s.margin_left + plot_w / 2:.1f}" y="{bottom + 32}" text-anchor="middle" '
-        'fill="#555">lap</text>'
-    )
-    # Legend: one swatch per class.
-    lx = s.margin_left + plot_w
-    for i, cls in enumerate(reversed(c.classes)):
-        cx = lx - i * 60
-        out.append(
-            f'<rect x="{cx - 40}" y="{s.margin_top - 38}" width="12" height="12" '
-            f'fill="{c.colour(cls)}"/>'
-        )
-        out.append(f'<text x="{cx - 24}" y="{s.margin_top - 28}">{escape(cls)}</text>')
-    for car in sorted(c.cars, key=lambda k: k.start or 10**6):
-        colour = c.colour(car.cls)
-        points = [(0, car.start)] if car.start else []
-        points += car.points
-        number = escape(car.number)
-        if car.start:
-            out.append(
-                f'<text x="{s.margin_left - 6}" y="{y(car.start) + 4:.1f}" text-anchor="end" '
-                f'fill="{colour}">{number}</text>'
-            )
-        if len(points) >= 2:
-            coords = " ".join(f"{x(lap):.1f},{y(pos):.1f}" for lap, pos in points)
-            dash = ' stroke-dasharray="4 3"' if car.retired else ""
-            out.append(
-                f'<polyline points="{coords}" fill="none" stroke="{colour}" '
-                f'stroke-width="{s.line_width}" stroke-linejoin="round"{dash}>'
-                f"<title>#{number} {escape(car.cls)}</title></polyline>"
-            )
-        if car.points:
-            lap, pos = car.points[-1]
-            label = f"{pos} #{number}" + (" out" if car.retired else "")
-            out.append(
-                f'<text x="{x(lap) + 6:.1f}" y="{y(pos) + 4:.1f}" fill="{colour}">{label}</text>'
-            )
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
-
-
 class PlotUnavailable(RuntimeError):
     """matplotlib is not installed."""
 
 
-def png(c: Chart, *, dpi: int = 100) -> bytes:
-    """The chart as PNG bytes, drawn with matplotlib (the ``plot`` extra)."""
+def svg(c: Chart, style: ChartStyle | None = None) -> str:
+    """The chart as a standalone SVG document (each car's line a group ``car-<number>``)."""
+    return render(c, "svg", style=style).decode()
+
+
+def png(c: Chart, *, dpi: int = 100, style: ChartStyle | None = None) -> bytes:
+    """The chart as PNG bytes."""
+    return render(c, "png", dpi=dpi, style=style)
+
+
+def render(
+    c: Chart, fmt: Literal["svg", "png"], *, dpi: int = 100, style: ChartStyle | None = None
+) -> bytes:
+    """The chart drawn by matplotlib (the ``plot`` extra) in ``fmt``: one drawing for both."""
     try:
         import matplotlib
 
@@ -176,43 +112,57 @@ def png(c: Chart, *, dpi: int = 100) -> bytes:
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise PlotUnavailable(
-            "PNG lap charts need matplotlib: pip install 'chequered[plot]'"
+            "lap charts are drawn by matplotlib: pip install 'chequered[plot]'"
         ) from exc
-    style = ChartStyle()
-    height = (style.margin_top + style.margin_bottom + style.row * c.positions) / dpi
-    fig, ax = plt.subplots(figsize=(style.width / dpi, max(3.0, height)), dpi=dpi)
+    s = style or ChartStyle()
+    height = (s.margin_top + s.margin_bottom + s.row * c.positions) / dpi
+    fig, ax = plt.subplots(figsize=(s.width / dpi, max(3.0, height)), dpi=dpi)
     try:
-        for car in c.cars:
-            points = ([(0, car.start)] if car.start else []) + car.points
-            if not points:
-                continue
-            xs, ys = zip(*points, strict=True)
-            ax.plot(
-                xs,
-                ys,
-                color=c.colour(car.cls),
-                linewidth=1.2,
-                linestyle="--" if car.retired else "-",
-            )
-            ax.annotate(
-                f"#{car.number}",
-                (xs[-1], ys[-1]),
-                xytext=(4, 0),
-                textcoords="offset points",
-                fontsize=7,
-                va="center",
-                color=c.colour(car.cls),
-            )
-        ax.set_ylim(c.positions + 0.5, 0.5)
-        ax.set_xlim(0, max(1, c.laps))
-        ax.set_xlabel("lap")
-        ax.set_ylabel("position")
-        ax.set_title(c.title)
-        for cls in c.classes:
-            ax.plot([], [], color=c.colour(cls), label=cls)
-        ax.legend(loc="lower left", fontsize=8, ncols=max(1, len(c.classes)))
+        _draw(ax, c, s)
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", bbox_inches="tight")
+        # An SVG's <title> names the chart for screen readers and browser tabs.
+        metadata = {"Title": f"{c.title} lap chart"} if fmt == "svg" else None
+        fig.savefig(buf, format=fmt, bbox_inches="tight", metadata=metadata)
         return buf.getvalue()
     finally:
         plt.close(fig)
+
+
+def _draw(ax: Any, c: Chart, s: ChartStyle) -> None:
+    for car in sorted(c.cars, key=lambda k: k.start or 10**6):
+        points = ([(0, car.start)] if car.start else []) + car.points
+        if not points:
+            continue
+        colour = c.colour(car.cls)
+        xs, ys = zip(*points, strict=True)
+        # gid: the car's group in the SVG, so that a page or a test can find its line.
+        ax.plot(
+            xs,
+            ys,
+            color=colour,
+            linewidth=s.line_width,
+            linestyle="--" if car.retired else "-",
+            gid=f"car-{car.number}",
+        )
+        if car.start:
+            ax.annotate(
+                car.number, (0, car.start), xytext=(-4, 0), textcoords="offset points",
+                fontsize=s.font_size * 0.7, va="center", ha="right", color=colour,
+            )  # fmt: skip
+        if car.points:
+            lap, pos = car.points[-1]
+            label = f"{pos} #{car.number}" + (" out" if car.retired else "")
+            ax.annotate(
+                label, (lap, pos), xytext=(4, 0), textcoords="offset points",
+                fontsize=s.font_size * 0.7, va="center", color=colour,
+            )  # fmt: skip
+    ax.set_ylim(c.positions + 0.5, 0.5)
+    ax.set_xlim(0, max(1, c.laps))
+    ax.set_xlabel("lap")
+    ax.set_ylabel("position")
+    ax.set_title(c.title)
+    ax.grid(axis="x", color="#e5e5e5")
+    for cls in c.classes:
+        ax.plot([], [], color=c.colour(cls), label=cls)
+    if c.classes:
+        ax.legend(loc="lower left", fontsize=8, ncols=max(1, len(c.classes)))
