@@ -2,22 +2,25 @@
 
 Latency percentiles over time, throughput over time, throughput and
 latency against offered load (the knee of a ramp), and the latency
-histogram, drawn from the report dictionary. Pure: returns text; no plotting
-library, no files, no network (the page loads nothing).
+histogram, drawn from the report dictionary by matplotlib (the ``load``
+extra), as the lap charts are. Returns text: no files, no network (the page
+loads nothing).
 """
 
 from __future__ import annotations
 
 import html
-import math
-from collections.abc import Mapping, Sequence
+import io
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+# Imported here, not when the report is drawn: without the load extra the load
+# test then says so before it runs, not after.
+import matplotlib
 
 WIDTH = 760
 HEIGHT = 260
-MARGIN_LEFT = 64
-MARGIN_RIGHT = 16
-MARGIN_TOP = 28
-MARGIN_BOTTOM = 40
+DPI = 100
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 
 Series = tuple[str, Sequence[tuple[float, float]]]
@@ -37,15 +40,77 @@ CAPTION_KEYS = (
 )
 
 
-def _nice_max(value: float) -> float:
-    if value <= 0:
-        return 1.0
-    exp = math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        top = step * 10**exp
-        if top >= value:
-            return float(top)
-    return float(10 ** (exp + 1))
+def _pyplot() -> Any:
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _svg(fig: Any) -> str:
+    """The figure as an inline ``<svg>`` element (no XML declaration)."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _chart(title: str, x_label: str, y_label: str, draw: Callable[[Any], bool]) -> str:
+    """One chart: ``draw(ax)`` plots and says whether there was anything to plot."""
+    plt = _pyplot()
+    # Text stays text (searchable, selectable); ids are stable from run to run.
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "chequered"}):
+        fig, ax = plt.subplots(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI)
+        try:
+            ax.set_title(title, fontsize=11, fontweight="bold")
+            ax.set_xlabel(x_label, fontsize=9)
+            ax.set_ylabel(y_label, fontsize=9)
+            ax.tick_params(labelsize=8)
+            if not draw(ax):
+                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+            ax.grid(color="#dddddd", linewidth=0.6)
+            fig.tight_layout()
+            return _svg(fig)
+        finally:
+            plt.close(fig)
+
+
+def line_chart(
+    title: str, x_label: str, y_label: str, series: Sequence[Series], *, log_y: bool = False
+) -> str:
+    """Lines over a shared x axis; ``log_y`` for latencies that span decades."""
+
+    def draw(ax: Any) -> bool:
+        drawn = False
+        for i, (name, pts) in enumerate(series):
+            if not pts:
+                continue
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, color=COLOURS[i % len(COLOURS)], linewidth=1.5, label=name)
+            drawn = True
+        if drawn:
+            if log_y and any(y > 0 for _, pts in series for _, y in pts):
+                ax.set_yscale("log")
+            ax.set_xlim(left=0)
+            ax.legend(fontsize=8, loc="upper left")
+        return drawn
+
+    return _chart(title, x_label, y_label, draw)
+
+
+def bar_chart(title: str, x_label: str, y_label: str, bars: Sequence[tuple[float, int]]) -> str:
+    """Histogram bars, one per (upper bound, count), in bucket order (a log scale of bounds)."""
+
+    def draw(ax: Any) -> bool:
+        if not bars:
+            return False
+        ax.bar(range(len(bars)), [count for _, count in bars], color=COLOURS[0], width=0.9)
+        step = max(1, len(bars) // 8)
+        ticks = list(range(0, len(bars), step))
+        ax.set_xticks(ticks, [_fmt(bars[i][0]) for i in ticks])
+        return True
+
+    return _chart(title, x_label, y_label, draw)
 
 
 def _fmt(value: float) -> str:
@@ -56,123 +121,6 @@ def _fmt(value: float) -> str:
     if value >= 1:
         return f"{value:.1f}"
     return f"{value:.2g}"
-
-
-def _frame(title: str, x_label: str, y_label: str, body: list[str]) -> str:
-    w, h = WIDTH, HEIGHT
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-        f'viewBox="0 0 {w} {h}" role="img" aria-label="{html.escape(title)}">',
-        '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="14" '
-        f'font-weight="bold">{html.escape(title)}</text>',
-        f'<text x="{w / 2}" y="{h - 6}" text-anchor="middle" font-size="12">'
-        f"{html.escape(x_label)}</text>",
-        f'<text x="14" y="{h / 2}" text-anchor="middle" font-size="12" '
-        f'transform="rotate(-90 14 {h / 2})">{html.escape(y_label)}</text>',
-        *body,
-        "</svg>",
-    ]
-    return "\n".join(parts)
-
-
-def line_chart(
-    title: str, x_label: str, y_label: str, series: Sequence[Series], *, log_y: bool = False
-) -> str:
-    """Lines over a shared x axis; ``log_y`` for latencies that span decades."""
-    x0, x1 = MARGIN_LEFT, WIDTH - MARGIN_RIGHT
-    y0, y1 = HEIGHT - MARGIN_BOTTOM, MARGIN_TOP
-    points = [p for _, pts in series for p in pts]
-    body: list[str] = []
-    if not points:
-        body.append(f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">no data</text>')
-        return _frame(title, x_label, y_label, body)
-    x_max = max(p[0] for p in points) or 1.0
-    if log_y:
-        positive = [p[1] for p in points if p[1] > 0] or [1.0]
-        lo = 10 ** math.floor(math.log10(min(positive)))
-        hi = 10 ** math.ceil(math.log10(max(positive)))
-        if hi <= lo:
-            hi = lo * 10
-
-        def ypos(v: float) -> float:
-            v = max(v, lo)
-            return y0 - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * (
-                y0 - y1
-            )
-
-        ticks = [lo * 10**i for i in range(round(math.log10(hi / lo)) + 1)]
-    else:
-        top = _nice_max(max(p[1] for p in points))
-
-        def ypos(v: float) -> float:
-            return y0 - v / top * (y0 - y1)
-
-        ticks = [top * i / 4 for i in range(5)]
-
-    def xpos(v: float) -> float:
-        return x0 + v / x_max * (x1 - x0)
-
-    for tick in ticks:
-        y = ypos(tick)
-        body.append(f'<line x1="{x0}" x2="{x1}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-        body.append(
-            f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">'
-            f"{_fmt(tick)}</text>"
-        )
-    for i in range(5):
-        xv = x_max * i / 4
-        body.append(
-            f'<text x="{xpos(xv):.1f}" y="{y0 + 16}" text-anchor="middle" font-size="11">'
-            f"{_fmt(xv)}</text>"
-        )
-    body.append(f'<line x1="{x0}" x2="{x0}" y1="{y0}" y2="{y1}" stroke="#333"/>')
-    body.append(f'<line x1="{x0}" x2="{x1}" y1="{y0}" y2="{y0}" stroke="#333"/>')
-    for i, (name, pts) in enumerate(series):
-        colour = COLOURS[i % len(COLOURS)]
-        if pts:
-            path = " ".join(f"{xpos(x):.1f},{ypos(y):.1f}" for x, y in pts)
-            body.append(
-                f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>'
-            )
-        lx = x0 + 10 + i * 120
-        body.append(f'<rect x="{lx}" y="{y1 + 2}" width="12" height="3" fill="{colour}"/>')
-        body.append(f'<text x="{lx + 16}" y="{y1 + 8}" font-size="11">{html.escape(name)}</text>')
-    return _frame(title, x_label, y_label, body)
-
-
-def bar_chart(title: str, x_label: str, y_label: str, bars: Sequence[tuple[float, int]]) -> str:
-    """Histogram bars, one per (upper bound, count), on a logarithmic x axis."""
-    x0, x1 = MARGIN_LEFT, WIDTH - MARGIN_RIGHT
-    y0, y1 = HEIGHT - MARGIN_BOTTOM, MARGIN_TOP
-    body: list[str] = []
-    if not bars:
-        body.append(f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">no data</text>')
-        return _frame(title, x_label, y_label, body)
-    top = _nice_max(max(c for _, c in bars))
-    width = (x1 - x0) / len(bars)
-    for i, (bound, count) in enumerate(bars):
-        h = count / top * (y0 - y1)
-        x = x0 + i * width
-        body.append(
-            f'<rect x="{x + 1:.1f}" y="{y0 - h:.1f}" width="{max(width - 2, 1):.1f}" '
-            f'height="{h:.1f}" fill="{COLOURS[0]}"><title>&lt;= {_fmt(bound)} ms: '
-            f"{count:,}</title></rect>"
-        )
-    step = max(1, len(bars) // 8)
-    for i in range(0, len(bars), step):
-        body.append(
-            f'<text x="{x0 + (i + 0.5) * width:.1f}" y="{y0 + 16}" text-anchor="middle" '
-            f'font-size="11">{_fmt(bars[i][0])}</text>'
-        )
-    for i in range(5):
-        v = top * i / 4
-        y = y0 - v / top * (y0 - y1)
-        body.append(
-            f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{_fmt(v)}</text>'
-        )
-    body.append(f'<line x1="{x0}" x2="{x1}" y1="{y0}" y2="{y0}" stroke="#333"/>')
-    return _frame(title, x_label, y_label, body)
 
 
 def render(report: Mapping[str, object]) -> str:
