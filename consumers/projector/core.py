@@ -13,7 +13,7 @@ the actions out. Why the order is safe: STANDINGS.md.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -50,6 +50,12 @@ class ProjectorSettings:
     the broker sends no more until these are acknowledged."""
     snapshot_max_hz: float = 5.0
     """Retained snapshots per second per race at most; deltas carry what lies between."""
+    delta_window_s: float = 0.025
+    """Least time between two deltas of one race (the coalescing window): what is folded
+    in between goes out as one delta, as timing screens coalesce. Each delta is a frame
+    to every client of the race: at 60x a race emits about 60 events a second, and a
+    25 ms window takes the gateway's frames and the projector's boards down by some 60%
+    for at most 25 ms of latency (PERFORMANCE.md). 0: a delta per flush."""
     reconnect_min_s: float = 0.2
     """Longest wait before the first reconnect to a lost broker; doubles up to
     ``reconnect_max_s``, each wait drawn from zero to that (``broker.backoff``)."""
@@ -191,7 +197,12 @@ class Boards:
         self.next_snapshot_at: dict[str, float] = {}
         self.owed: set[str] = set()
         """Races whose retained snapshot is behind their last delta."""
+        self.next_delta_at: dict[str, float] = {}
+        """Per race, when its coalescing window lets the next delta go."""
         self.dirty: set[str] = set()
+        """Races changed since their last publication (those held by their window too)."""
+        self.windowed: set[str] = set()
+        """Races whose delta waits for its window (``next_delta_at``) and nothing else."""
         self.built: dict[str, Board] = {}
         """Per race, its rows as last built: only the rows that can have changed are rebuilt."""
         self.touched: dict[str, set[str] | None] = {}
@@ -199,16 +210,38 @@ class Boards:
         changed (None: any car may have: session opened or closed, reset, joined)."""
 
     def publications(
-        self, races: dict[str, RaceState], now: float, *, everything: bool = False
+        self,
+        races: dict[str, RaceState],
+        now: float,
+        *,
+        everything: bool = False,
+        held_back: Collection[str] = (),
+        windowless: bool = False,
     ) -> list[Publish]:
         """For the races changed since the last call: a delta for every race whose board
-        changed, then a retained snapshot too when the rate allows (else it is owed); a
+        changed and whose coalescing window has passed (else it stays changed, for
+        ``due``), then a retained snapshot too when the rate allows (else it is owed); a
         snapshot alone when no delta can chain (first publication, reset), or for every
-        race when ``everything``."""
+        race when ``everything``. ``held_back``: races not to publish yet at all;
+        ``windowless``: the windows end now (the projector is stopping)."""
         out: list[Publish] = []
+        waiting: set[str] = set()
+        windowed: set[str] = set()
         for race in sorted(races) if everything else sorted(self.dirty):
             state = races.get(race)
             if state is None:
+                continue
+            if not everything and race in held_back:
+                waiting.add(race)  # the next flush takes it, after its checkpoint
+                continue
+            held = (
+                not windowless
+                and race in self.published
+                and now < self.next_delta_at.get(race, 0.0)
+            )
+            if held and not everything:
+                waiting.add(race)  # its rows to rebuild keep adding up (``touched``)
+                windowed.add(race)
                 continue
             touched = self.touched.pop(race, None)
             rows = self.built.get(race)
@@ -229,11 +262,14 @@ class Boards:
             self.published[race] = current
             out.append(Publish(topics.topic(race, topics.STANDINGS_DELTA), board.encode(change)))
             self.metrics.deltas_out.inc()
+            if self.settings.delta_window_s > 0:
+                self.next_delta_at[race] = now + self.settings.delta_window_s
             if now >= self.next_snapshot_at.get(race, 0.0):
                 out.append(self.snapshot(current, now))
             else:
                 self.owed.add(race)
-        self.dirty.clear()
+        self.dirty = waiting
+        self.windowed = windowed
         return out
 
     def snapshot(self, current: board.Snapshot, now: float) -> Publish:
@@ -250,7 +286,9 @@ class Boards:
         return [self.snapshot(self.published[race], now) for race in due]
 
     def deadlines(self) -> list[float]:
-        return [self.next_snapshot_at.get(race, 0.0) for race in self.owed]
+        due = [self.next_snapshot_at.get(race, 0.0) for race in self.owed]
+        due.extend(self.next_delta_at[race] for race in self.windowed)
+        return due
 
 
 # -- asking a producer to send a race again ------------------------------------------
@@ -654,7 +692,7 @@ class ProjectorCore(Folding):
             self._release(race)
         return bool(due)
 
-    def due(self) -> list[Publish]:
+    def due(self, *, stopping: bool = False) -> list[Publish]:
         """What waited for its time and may go now: snapshots held back by the rate
         limit, resend requests held back by their interval."""
         first = len(self.outbox)  # dead letters before it wait for their flush
@@ -662,7 +700,14 @@ class ProjectorCore(Folding):
             self._ask_resend(race, from_seq)
         resends = self.outbox[first:]
         del self.outbox[first:]
-        return self.boards.owed_snapshots(self.clock()) + resends
+        now = self.clock()
+        # Deltas held by their window, of races whose checkpoint holds all that was
+        # folded: a published seq must never be ahead of the checkpoint. The others go
+        # with the next flush, which writes their checkpoint first.
+        deltas = self.boards.publications(
+            self.standings.races, now, held_back=self.saves.unsaved.keys(), windowless=stopping
+        )
+        return deltas + self.boards.owed_snapshots(now) + resends
 
     def next_deadline(self) -> float | None:
         """Monotonic time of the next thing ``tick`` does: an owed snapshot, the end of a

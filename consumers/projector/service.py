@@ -323,7 +323,8 @@ class _Turns:
             self.folded = 0
             await self.projector._perform(self.core.flush(), self.sender)
         if not isinstance(item, Message):
-            await self.sender.send(self.core.due())
+            # Stopping: the deltas held by their window go now, after the last flush.
+            await self.sender.send(self.core.due(stopping=stopping))
         if stopping:
             await self.sender.drain()
             return True

@@ -598,7 +598,8 @@ def test_publications_are_those_of_the_whole_board_rebuilt_every_flush(recording
     # must be what rebuilding the whole board and diffing it gives, flush after flush.
     race = "rows"
     events = _stream(replay(load(REPLAYS / f"{recording}.json"), race=race), race)
-    projector = Projector(settings=ProjectorSettings(snapshot_max_hz=1e9))
+    # A delta per flush: no rate limit on snapshots, no coalescing window on deltas.
+    projector = Projector(settings=ProjectorSettings(snapshot_max_hz=1e9, delta_window_s=0))
     previous: board.Snapshot | None = None
     published = 0
     for chunk, message in _messages(events, race, random.Random(5)):
