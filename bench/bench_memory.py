@@ -65,7 +65,7 @@ def _child(conn: Connection, races: int, fraction: float) -> None:
         for payload in payloads:
             projector.handle(Message(topic, payload.replace(marker, mine)))
             projector.publications()
-        projector.pending_acks.clear()
+        projector.core.pending_acks.clear()
         if r % 100 == 0:
             peak = max(peak, _rss())
     cpu = time.process_time() - started
