@@ -10,9 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
-from broker.mosquitto import Mosquitto, binary
+# The shared checks in tests/support/ report their failed assertions as fully as
+# the tests' own do.
+pytest.register_assert_rewrite("tests.support")
+
+import structlog  # noqa: E402
+
+from broker.mosquitto import Mosquitto, binary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REPLAYS = REPO / "replays"

@@ -113,8 +113,11 @@ def test_a_load_test_on_a_hostile_feed_reports_the_truth_our_projector_counted(
     tmp_path: Path,
 ) -> None:
     rates = FaultRates(seed=5, duplicate=0.05, drop=0.05, malformed=0.05)
+    # Counted against the injector's record, so the projector must not heal the gaps
+    # by asking for resends (a replay would be injected into again, and counted anew).
     config = LoadConfig(races=1, speed=1000.0, clients=4, duration_s=4.0, out=tmp_path,
-                        recording=LOAD_RECORDING, faults=rates)  # fmt: skip
+                        recording=LOAD_RECORDING, faults=rates,
+                        projector_settings=(("resend_on_gap", "false"),))  # fmt: skip
     report = loadtest.run(config)
     truth = report["injected"]["load-0001"]
     assert set(truth["injected"]) == {"duplicate", "drop", "malformed"}

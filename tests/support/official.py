@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from chequered.contract import board
 from simulator.recording import io as recording_io
+from tests.support.observe import Observer
+from tests.support.ws import Watcher
 
 
 def check_against_classification(final: board.Snapshot, race_file: str) -> None:
@@ -22,3 +26,25 @@ def check_against_classification(final: board.Snapshot, race_file: str) -> None:
         cls = row.cls or car.cls
         in_class[cls] = in_class.get(cls, 0) + 1
         assert car.class_position == in_class[cls], f"car {row.number} in {cls}"
+
+
+def check_final_board(
+    witness: Observer, browsers: Sequence[Watcher], race_file: str
+) -> board.Snapshot:
+    """The retained board at the end of a faulty run, checked against the truth.
+
+    Every seq was on the wire; the board equals one uninterrupted fold of them,
+    is finished with nothing missing, shows the official classification, and
+    every browser shows it (its own class only).
+    """
+    assert witness.missing_seqs() == []
+    final = witness.retained
+    assert final is not None
+    assert final == witness.reference()
+    assert final.session.finished and final.session.gaps == 0
+    check_against_classification(final, race_file)
+    for browser in browsers:
+        assert browser.view is not None
+        cars = [row for row in final.cars if browser.cls in (None, row.cls)]
+        assert (browser.view.cars, browser.view.session) == (cars, final.session)
+    return final
