@@ -401,12 +401,19 @@ async def test_widget_follows_a_whole_replay_to_the_official_classification(
             await until(lambda: cache.snapshot is not None, "standings in the gateway")
 
             async def settled() -> bool:
-                assert cache.snapshot is not None
-                return await _widget_seq(page) == cache.snapshot.seq
+                # Paused, the producer's status names its last seq: the board is settled
+                # once the gateway and the widget are both at it (events sent just before
+                # the pause may still be on their way to either).
+                entry = gateway.races[race]
+                status, snap = entry.status, entry.snapshot
+                if status is None or status.state != "paused" or snap is None:
+                    return False
+                return snap.seq == status.last_seq and await _widget_seq(page) == snap.seq
 
             async with asyncio.timeout(10):
                 while not await settled():  # noqa: ASYNC110 - polls the browser and the cache
                     await asyncio.sleep(0.05)
+            cache = gateway.races[race]
             assert cache.snapshot is not None
             mid = cache.snapshot
             assert await row_order(page) == [row.car for row in mid.cars]
