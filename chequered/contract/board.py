@@ -4,7 +4,9 @@ The projector publishes a retained ``Snapshot`` per race on
 ``chequered/v1/<race>/standings`` and a ``Delta`` per folded message on
 ``chequered/v1/<race>/standings/delta``. Both carry the event ``seq`` they
 reflect; a delta also carries ``prev_seq``, the seq of the snapshot or delta
-it applies on top of, so that a reader can check it missed nothing.
+it applies on top of, so that a reader can check it missed nothing. A delta
+carries only the fields that changed (``CarPatch``, ``SessionPatch``);
+``row_patch`` and ``session_patch`` make them, ``apply_delta`` merges them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import UNSET, Struct, UnsetType
 
 CarStatus = Literal["running", "in_pit", "retired", "finished", "dns"]
 ResultStatus = Literal["classified", "not_classified", "retired", "disqualified", "dns"]
@@ -130,14 +132,81 @@ class Snapshot(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="
     """The latest ``MESSAGES_KEPT`` race-control messages, oldest first."""
 
 
+class CarPatch(Struct, kw_only=True, omit_defaults=True):
+    """The fields of one car's row that changed: ``car``, then only what differs.
+
+    A field left out is unchanged (``UNSET`` here); one present holds its new value,
+    ``null``, ``false``, ``0`` and ``[]`` included. Fields as in ``CarRow``, in its order.
+    """
+
+    car: str
+    cls: str | UnsetType = UNSET
+    position: int | UnsetType = UNSET
+    class_position: int | UnsetType = UNSET
+    team: str | UnsetType = UNSET
+    driver: str | UnsetType = UNSET
+    laps: int | UnsetType = UNSET
+    gap_ms: int | UnsetType | None = UNSET
+    gap_laps: int | UnsetType = UNSET
+    interval_ms: int | UnsetType | None = UNSET
+    interval_laps: int | UnsetType = UNSET
+    class_gap_ms: int | UnsetType | None = UNSET
+    class_gap_laps: int | UnsetType = UNSET
+    class_interval_ms: int | UnsetType | None = UNSET
+    class_interval_laps: int | UnsetType = UNSET
+    last_lap_ms: int | UnsetType | None = UNSET
+    best_lap_ms: int | UnsetType | None = UNSET
+    best_lap: int | UnsetType | None = UNSET
+    last_is_personal_best: bool | UnsetType = UNSET
+    last_is_class_best: bool | UnsetType = UNSET
+    last_is_overall_best: bool | UnsetType = UNSET
+    sectors_ms: list[int | None] | UnsetType = UNSET
+    pit_stops: int | UnsetType = UNSET
+    in_pit: bool | UnsetType = UNSET
+    out_lap: bool | UnsetType = UNSET
+    stint_laps: int | UnsetType = UNSET
+    gained: int | UnsetType = UNSET
+    status: CarStatus | UnsetType = UNSET
+    result: ResultStatus | UnsetType | None = UNSET
+    penalty: str | UnsetType | None = UNSET
+    penalty_ms: int | UnsetType | None = UNSET
+
+
+class SessionPatch(Struct, kw_only=True, omit_defaults=True):
+    """The fields of the session view that changed; a field left out is unchanged.
+
+    Fields as in ``SessionView``, in its order; ``fastest`` and ``classes`` come whole.
+    """
+
+    name: str | UnsetType = UNSET
+    kind: Literal["race", "qualifying"] | UnsetType = UNSET
+    flag: Literal["green", "fcy", "red", "chequered"] | UnsetType = UNSET
+    t_ms: int | UnsetType = UNSET
+    remaining_ms: int | UnsetType | None = UNSET
+    leader_laps: int | UnsetType = UNSET
+    laps_total: int | UnsetType | None = UNSET
+    fastest: dict[str, FastLap] | UnsetType = UNSET
+    finished: bool | UnsetType = UNSET
+    speed: float | UnsetType | None = UNSET
+    paused: bool | UnsetType = UNSET
+    classes: list[str] | UnsetType = UNSET
+    gaps: int | UnsetType = UNSET
+    flag_reason: str | UnsetType | None = UNSET
+    laps_run: int | UnsetType = UNSET
+    laps_neutralised: int | UnsetType = UNSET
+    messages: int | UnsetType = UNSET
+    synthesised: bool | UnsetType = UNSET
+    provisional: bool | UnsetType = UNSET
+
+
 class Delta(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="delta"):
     race: str
     seq: int
     prev_seq: int
-    session: SessionView | None = None
-    """The whole session view, when anything in it changed."""
-    cars: list[CarRow] = []
-    """Whole rows of the cars that changed (position changes included)."""
+    session: SessionPatch | None = None
+    """The session view's fields that changed, when any did."""
+    cars: list[CarPatch] = []
+    """Per car that changed (position changes included), the fields that changed."""
     wall: float = 0.0
     messages: list[RaceMessage] = []
     """Race-control messages given since ``prev_seq``, oldest first."""
@@ -165,10 +234,12 @@ class SeqMismatch(ValueError):
 
 
 def apply_delta(snapshot: Snapshot, delta: Delta) -> Snapshot:
-    """The snapshot after ``delta``: changed rows replaced by car, the order by position.
+    """The snapshot after ``delta``: each car's patch merged into its row, the session's
+    into the session view, the order by position.
 
     Pure; the input snapshot is left unchanged. Raises ``SeqMismatch`` unless
-    ``delta.prev_seq == snapshot.seq`` (a reader then waits for a fresh snapshot).
+    ``delta.prev_seq == snapshot.seq`` and every patched car is on the board (a
+    reader then waits for a fresh snapshot).
     """
     if delta.race != snapshot.race:
         raise SeqMismatch(f"delta for race {delta.race!r} on a snapshot of {snapshot.race!r}")
@@ -177,19 +248,90 @@ def apply_delta(snapshot: Snapshot, delta: Delta) -> Snapshot:
             f"{delta.race}: delta {delta.seq} applies on seq {delta.prev_seq},"
             f" the snapshot is at seq {snapshot.seq}"
         )
-    changed = {row.car: row for row in delta.cars}
-    cars = [changed.pop(row.car, row) for row in snapshot.cars]
-    cars.extend(changed.values())
-    # A stable sort keeps the previous order among rows that share a position mid-update.
-    cars.sort(key=lambda row: row.position)
+    cars = snapshot.cars
+    if delta.cars:
+        cars = list(cars)
+        index = {row.car: i for i, row in enumerate(cars)}
+        for patch in delta.cars:
+            i = index.get(patch.car)
+            if i is None:
+                raise SeqMismatch(
+                    f"{delta.race}: delta {delta.seq} changes car {patch.car!r},"
+                    f" which the snapshot at seq {snapshot.seq} does not have"
+                )
+            cars[i] = patch_row(cars[i], patch)
+        # A stable sort keeps the previous order among rows that share a position mid-update.
+        cars.sort(key=lambda row: row.position)
+    session = snapshot.session
+    if delta.session is not None:
+        session = patch_session(session, delta.session)
     return Snapshot(
         race=snapshot.race,
         seq=delta.seq,
-        session=delta.session if delta.session is not None else snapshot.session,
+        session=session,
         cars=cars,
         wall=delta.wall or snapshot.wall,
         messages=add_messages(snapshot.messages, delta.messages),
     )
+
+
+_ROW_FIELDS = CarRow.__struct_fields__
+_SESSION_FIELDS = SessionView.__struct_fields__
+
+
+def row_patch(old: CarRow, new: CarRow) -> CarPatch | None:
+    """The fields of ``new`` that differ from ``old`` (the same car's row); None if none do."""
+    if old is new:  # a board keeps an unchanged row as the same object: no field to compare
+        return None
+    changed = {
+        name: value
+        for name, was, value in zip(
+            _ROW_FIELDS, msgspec.structs.astuple(old), msgspec.structs.astuple(new), strict=True
+        )
+        if was != value
+    }
+    if not changed:
+        return None
+    changed["car"] = new.car
+    return CarPatch(**changed)
+
+
+def session_patch(old: SessionView, new: SessionView) -> SessionPatch | None:
+    """The fields of ``new`` that differ from ``old``; None if none do."""
+    if old is new:
+        return None
+    changed = {
+        name: value
+        for name, was, value in zip(
+            _SESSION_FIELDS,
+            msgspec.structs.astuple(old),
+            msgspec.structs.astuple(new),
+            strict=True,
+        )
+        if was != value
+    }
+    return SessionPatch(**changed) if changed else None
+
+
+def patch_row(row: CarRow, patch: CarPatch) -> CarRow:
+    """``row`` with every field that ``patch`` sets (``car`` is the row's own)."""
+    values = msgspec.structs.astuple(patch)
+    changed = {
+        name: value
+        for name, value in zip(_ROW_FIELDS[1:], values[1:], strict=True)
+        if value is not UNSET
+    }
+    return msgspec.structs.replace(row, **changed) if changed else row
+
+
+def patch_session(view: SessionView, patch: SessionPatch) -> SessionView:
+    """``view`` with every field that ``patch`` sets."""
+    changed = {
+        name: value
+        for name, value in zip(_SESSION_FIELDS, msgspec.structs.astuple(patch), strict=True)
+        if value is not UNSET
+    }
+    return msgspec.structs.replace(view, **changed) if changed else view
 
 
 def add_messages(kept: list[RaceMessage], new: list[RaceMessage]) -> list[RaceMessage]:

@@ -13,10 +13,11 @@ from functools import partial
 from typing import Final, Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import UNSET, Struct
 
 from chequered.contract.board import (
     MESSAGES_KEPT,
+    CarPatch,
     CarRow,
     CarStatus,
     Delta,
@@ -25,6 +26,8 @@ from chequered.contract.board import (
     SessionView,
     Snapshot,
     add_messages,
+    row_patch,
+    session_patch,
 )
 from chequered.contract.events import (
     Clock,
@@ -934,24 +937,29 @@ def snapshot(state: RaceState) -> Snapshot:
 
 
 def delta(previous: Snapshot, current: Snapshot) -> Delta | None:
-    """What changed from ``previous`` to ``current``: whole changed rows, the session if changed.
+    """What changed from ``previous`` to ``current``: per changed car and for the session,
+    the fields that changed.
 
     None when the two cannot be chained by a delta: another race, seq not
-    advanced, the set of cars differs or the message feed started again (after a
-    reset): publish a snapshot. New race-control messages go in ``messages``.
+    advanced, the set of cars or a car's class differs, or the message feed started
+    again (after a reset): publish a snapshot. New race-control messages go in
+    ``messages``.
     """
     if previous.race != current.race or current.seq <= previous.seq:
         return None
     before = {row.car: row for row in previous.cars}
     if len(before) != len(current.cars):
         return None
-    changed: list[CarRow] = []
+    changed: list[CarPatch] = []
     for row in current.cars:
         old = before.get(row.car)
         if old is None:
             return None
-        if old is not row and old != row:  # a row kept by a Board is the same object
-            changed.append(row)
+        patch = row_patch(old, row)
+        if patch is not None:
+            if patch.cls is not UNSET:
+                return None  # a class view would gain a car that a patch cannot give whole
+            changed.append(patch)
     said = previous.messages[-1].seq if previous.messages else 0
     new = [m for m in current.messages if m.seq > said]
     if add_messages(previous.messages, new) != current.messages:
@@ -960,7 +968,7 @@ def delta(previous: Snapshot, current: Snapshot) -> Delta | None:
         race=current.race,
         seq=current.seq,
         prev_seq=previous.seq,
-        session=current.session if current.session != previous.session else None,
+        session=session_patch(previous.session, current.session),
         cars=changed,
         wall=current.wall,
         messages=new,

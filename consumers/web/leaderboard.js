@@ -79,6 +79,17 @@
     return `${h}:${m}:${s}`;
   }
 
+  // `held` with the fields of `patch` set; a field set to null is left out, as a snapshot
+  // leaves it out. A new object: rows handed to listeners are never changed afterwards.
+  function merged(held, patch) {
+    const out = { ...held };
+    for (const [key, value] of Object.entries(patch)) {
+      if (value === null) delete out[key];
+      else out[key] = value;
+    }
+    return out;
+  }
+
   /** The board tells the result: the official classification, or the provisional one
    *  (the order at the flag, before post-race decisions). */
   function decided(session) {
@@ -489,17 +500,28 @@
       this._emitStandings("snapshot", snap.cars);
     }
 
+    // A delta carries, per car that changed and for the session, only the fields that
+    // changed: each is merged into what is held. Listeners get the whole rows it changed.
     _applyDelta(delta) {
-      if (delta.session) {
-        this._session = delta.session;
-        if (!decided(delta.session)) this._sawRunning = true;
-        this._anchorClock(delta.session.t_ms);
+      const patches = delta.cars || [];
+      if (patches.some((patch) => !this._cars.has(patch.car))) {
+        this._resync(); // a car the board lacks: only a snapshot can bring its whole row
+        return;
       }
-      for (const row of delta.cars || []) this._cars.set(row.car, row);
+      if (delta.session) {
+        this._session = merged(this._session, delta.session);
+        if (!decided(this._session)) this._sawRunning = true;
+        if (delta.session.t_ms !== undefined) this._anchorClock(this._session.t_ms);
+      }
+      const rows = patches.map((patch) => {
+        const row = merged(this._cars.get(patch.car), patch);
+        this._cars.set(row.car, row);
+        return row;
+      });
       this._seq = delta.seq;
       this._raceControlAdd(delta.messages || []);
       this._scheduleRender(false);
-      this._emitStandings("delta", delta.cars || []);
+      this._emitStandings("delta", rows);
     }
 
     // Every frame applied, not every frame drawn: listeners (<live-charts>) keep a history

@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from broker import bus
@@ -155,7 +154,7 @@ async def test_spoiler_safe_hides_a_result_not_watched(module_mosquitto: Mosquit
                 race="sp-live",
                 seq=501,
                 prev_seq=500,
-                session=msgspec.structs.replace(live.session, finished=True, flag="chequered"),
+                session=board.SessionPatch(finished=True, flag="chequered"),
             )
             await pub.publish(topics.topic("sp-live", topics.STANDINGS_DELTA), board.encode(finish))
             await expect(element).to_have_attribute("data-finished", "true")

@@ -129,7 +129,12 @@ async def test_widget_renders_standings_tabs_and_changes(
 
             # A change of places: the passer moves up on screen and is marked as moved.
             delta = race.step()
-            passer = next(r for r in delta.cars if r.gained > 0 and r.position < len(ENTRIES))
+            changed = {patch.car for patch in delta.cars}
+            passer = next(
+                r
+                for r in race.snapshot().cars
+                if r.car in changed and r.gained > 0 and r.position < len(ENTRIES)
+            )
             await publish_delta(pub, delta)
             await expect(element).to_have_attribute("data-seq", str(race.seq))
             moved = page.locator(f"{ROWS}[data-car='{passer.car}']")

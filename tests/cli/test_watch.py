@@ -171,7 +171,10 @@ def test_a_delta_that_does_not_chain_asks_for_a_fresh_snapshot() -> None:
         race="hand",
         seq=6,
         prev_seq=5,
-        cars=[row("2", "P1", 1, 1, laps=5), row("1", "P1", 2, 2, laps=4)],
+        cars=[
+            board.CarPatch(car="2", position=1, class_position=1, laps=5),
+            board.CarPatch(car="1", position=2, class_position=2, laps=4),
+        ],
     )
     assert b.on_frame(frame(moved)) == "applied"
     assert [r.car for r in view.rows(b)][:2] == ["2", "1"]
@@ -213,7 +216,12 @@ def test_spoiler_safe_hides_a_final_board_not_watched_arrive() -> None:
     # Watched running, the finish shows when it comes.
     watched = Board(race="hand", spoiler_safe=True)
     watched.on_frame(frame(snapshot(seq=8)))
-    finish = board.Delta(race="hand", seq=9, prev_seq=8, session=final.session)
+    finish = board.Delta(
+        race="hand",
+        seq=9,
+        prev_seq=8,
+        session=board.session_patch(snapshot(seq=8).session, final.session),
+    )
     assert watched.on_frame(frame(finish)) == "applied"
     assert not watched.covered and view.header(watched).flag_text == "CHEQUERED FLAG"
     # The provisional classification (the order at the flag) tells the result as well.

@@ -22,7 +22,9 @@ class Ticker:
     def __init__(self, race: str, *, padding: int = 0) -> None:
         self.race = race
         self.padding = padding
-        """Extra characters in each team name, to make frames as large as a real field's."""
+        """Extra characters in each team name, to make frames as large as a real field's;
+        the name then holds the car's place too, so that a delta carries it for every car
+        moved."""
         self.seq = 1
         self.order = [car for car, _ in CARS]
         self.cls = dict(CARS)
@@ -40,7 +42,7 @@ class Ticker:
                 cls=cls,
                 position=position,
                 class_position=in_class[cls],
-                team=f"Team {car}" + "." * self.padding,
+                team=f"Team {car}" + (f" P{position}" + "." * self.padding if self.padding else ""),
                 laps=self.laps[car],
             )
         return rows
@@ -63,16 +65,17 @@ class Ticker:
         k = 1 + self.seq % (len(self.order) - 1)
         self.order[k - 1], self.order[k] = self.order[k], self.order[k - 1]
         self.laps[self.order[k - 1]] += 1
+        session = self.session()
         prev, self.seq = self.seq, self.seq + 1
-        rows = self._rows()
-        changed = [row for car, row in rows.items() if row != self.rows[car]]
-        self.rows = rows
+        before, self.rows = self.rows, self._rows()
+        in_order = sorted(self.rows.values(), key=lambda r: r.position)
+        changed = [board.row_patch(before[row.car], row) for row in in_order]
         return board.Delta(
             race=self.race,
             seq=self.seq,
             prev_seq=prev,
-            session=self.session(),
-            cars=sorted(changed, key=lambda r: r.position),
+            session=board.session_patch(session, self.session()),
+            cars=[patch for patch in changed if patch is not None],
             wall=time.time(),
         )
 

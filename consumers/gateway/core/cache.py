@@ -262,6 +262,7 @@ class Races:
         cache.stale = False
         race = cache.race
         by_class: dict[str | None, Frame] = {None: Frame("delta", payload, race)}
+        classes: dict[str, str] | None = None
         for session in list(cache.subscribers):
             sub = session.subs[race]
             if sub.last_seq != delta.prev_seq:
@@ -269,9 +270,11 @@ class Races:
                 continue
             frame = by_class.get(sub.cls)
             if frame is None:
-                data = board.encode(
-                    msgspec.structs.replace(delta, cars=[r for r in delta.cars if r.cls == sub.cls])
-                )
+                # A car's patch names its class only when that changed: the board knows it.
+                if classes is None:
+                    classes = {row.car: row.cls for row in cache.snapshot.cars}
+                cars = [p for p in delta.cars if classes.get(p.car) == sub.cls]
+                data = board.encode(msgspec.structs.replace(delta, cars=cars))
                 frame = by_class[sub.cls] = Frame("delta", data, race)
             sub.last_seq = delta.seq
             session.send(frame)

@@ -218,7 +218,15 @@ def test_deltas_reach_the_clients_in_step_and_a_class_filter_keeps_its_cars() ->
     assert [d["prev_seq"] for d in deltas] == [1, 2, 3, 4, 5]
     gt_deltas = frames(gt)
     assert [d["seq"] for d in gt_deltas] == [2, 3, 4, 5, 6]
-    assert all(r["cls"] == "GT" for d in gt_deltas for r in d.get("cars", []))
+    # A patch names its car's class only when that changed: the filter looks the class up
+    # on the board, and keeps exactly the class's patches of each delta.
+    gt_cars = {car for car, cls in ticker.cls.items() if cls == "GT"}
+    for whole, of_class in zip(deltas, gt_deltas, strict=True):
+        kept = of_class.get("cars", [])
+        assert kept == [p for p in whole.get("cars", []) if p["car"] in gt_cars]
+        assert all("cls" not in p for p in kept)
+    assert any(d.get("cars") for d in gt_deltas), "the steps moved a GT car"
+    assert any(not d.get("cars") for d in gt_deltas), "and some changed no GT car"
     assert core.races.get("core-flow") is not None
 
 

@@ -57,7 +57,10 @@ class Standings:
         self.race = race
         self.seq = seq
         self.order = [number for number, _, _ in ENTRIES]
-        self.info = {number: (cls, team + " " * padding) for number, cls, team in ENTRIES}
+        self.info = {number: (cls, team) for number, cls, team in ENTRIES}
+        self.padding = padding
+        """Extra characters in the team names; they name the car's place too, so that a
+        delta carries them for every car moved (as large as a real field's whole rows)."""
         self.laps = dict.fromkeys(self.order, 0)
         self.rows = self._rows()
         self.session = self._session()
@@ -77,6 +80,8 @@ class Standings:
         class_pos: dict[str, int] = {}
         for position, number in enumerate(self.order, start=1):
             cls, team = self.info[number]
+            if self.padding:
+                team = f"{team} P{position}" + " " * self.padding
             class_pos[cls] = class_pos.get(cls, 0) + 1
             rows[number] = board.CarRow(
                 car=number,
@@ -108,16 +113,17 @@ class Standings:
         self.laps[self.order[k - 1]] += 1
         prev = self.seq
         self.seq += 1
-        rows = self._rows()
-        changed = [row for car, row in rows.items() if row != self.rows[car]]
-        self.rows = rows
+        before, session = self.rows, self.session
+        self.rows = self._rows()
         self.session = self._session()
+        in_order = sorted(self.rows.values(), key=lambda r: r.position)
+        changed = [board.row_patch(before[row.car], row) for row in in_order]
         return board.Delta(
             race=self.race,
             seq=self.seq,
             prev_seq=prev,
-            session=self.session,
-            cars=sorted(changed, key=lambda r: r.position),
+            session=board.session_patch(session, self.session),
+            cars=[patch for patch in changed if patch is not None],
             wall=1000.0 + self.seq,
         )
 
@@ -129,15 +135,18 @@ class Standings:
         self.seq += 1
         changed = []
         if car is not None:
-            self.rows[car] = msgspec.structs.replace(self.rows[car], **fields)
-            changed.append(self.rows[car])
+            before = self.rows[car]
+            self.rows[car] = msgspec.structs.replace(before, **fields)
+            patch = board.row_patch(before, self.rows[car])
+            changed = [patch] if patch is not None else []
         kept = {"flag": self.session.flag, "fastest": self.session.fastest}
+        old = self.session
         self.session = msgspec.structs.replace(self._session(), **{**kept, **(session or {})})
         return board.Delta(
             race=self.race,
             seq=self.seq,
             prev_seq=prev,
-            session=self.session,
+            session=board.session_patch(old, self.session),
             cars=changed,
             wall=1000.0 + self.seq,
         )
