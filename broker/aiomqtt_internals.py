@@ -16,11 +16,14 @@ import contextlib
 import importlib.metadata
 import re
 import select
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from broker.errors import BusError
 
@@ -28,7 +31,12 @@ TESTED_AIOMQTT: Final = ((2, 5), (2, 6))
 """aiomqtt releases the bus is tested with: from the first (included) to the second
 (excluded) ``(major, minor)``; pyproject.toml pins the same range."""
 
-CLIENT_METHODS: Final = ("_on_socket_open", "_on_socket_register_write", "_misc_loop")
+CLIENT_METHODS: Final = (
+    "_on_socket_open",
+    "_on_socket_register_write",
+    "_on_publish",
+    "_misc_loop",
+)
 """aiomqtt ``Client`` methods replaced or called by ``BurstClient``."""
 CLIENT_FIELDS: Final = ("_client", "_loop", "_queue", "_disconnected", "_misc_task")
 """aiomqtt ``Client`` instance attributes read here."""
@@ -88,7 +96,30 @@ class BurstClient(aiomqtt.Client):
     burst waited for a turn of the event loop of its own. Reading while the
     socket (or the TLS layer) still holds bytes hands the burst over at once.
     The two callbacks replaced are aiomqtt's own, with their error handling.
+
+    It also publishes without a task or a wait per message (``publish_nowait``):
+    the acknowledgement calls a function instead of waking an awaiting task.
     """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.acks: dict[int, Callable[[], object]] = {}
+        """Per message id in flight: what ``publish_nowait`` calls on its acknowledgement."""
+        self.loop_thread = threading.get_ident()
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        done = self.acks.pop(mid, None)
+        if done is None:
+            super()._on_publish(client, userdata, mid, reason_code, properties)
+        else:
+            done()
 
     def _on_socket_open(self, client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
         poller = select.poll()
@@ -132,7 +163,12 @@ class BurstClient(aiomqtt.Client):
             if client.socket() is sock and sock.fileno() == fd:
                 self._loop.add_writer(fd, write)
 
-        self._loop.call_soon_threadsafe(add)
+        # paho asks once per burst of packets. From the loop's own thread (a publish)
+        # the writer goes on the next turn without waking the loop through its pipe.
+        if threading.get_ident() == self.loop_thread:
+            self._loop.call_soon(add)
+        else:
+            self._loop.call_soon_threadsafe(add)
 
     def _broken(self, exc: Exception) -> None:
         """As aiomqtt's callbacks: an error on the socket means the connection broke."""
@@ -143,9 +179,28 @@ class BurstClient(aiomqtt.Client):
 def make_client(**kwargs: object) -> BurstClient:
     """A ``BurstClient`` (aiomqtt's keyword arguments), its private names checked first."""
     check_class(BurstClient)
-    client = BurstClient(**kwargs)  # type: ignore[arg-type]
+    client = BurstClient(**kwargs)
     check_client(client)
     return client
+
+
+def publish_nowait(
+    client: BurstClient,
+    topic: str,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    done: Callable[[], object],
+) -> None:
+    """Queue a publish with paho; ``done`` is called once it is acknowledged (QoS 1) or
+    written (QoS 0). Raises ``BusError`` when paho refuses it (no connection)."""
+    info = client._client.publish(topic, payload, qos, retain)
+    if info.rc != paho.MQTT_ERR_SUCCESS:
+        raise BusError(f"publish refused: {paho.error_string(info.rc)}")
+    if info.is_published():
+        done()
+    else:
+        client.acks[info.mid] = done
 
 
 def queued(client: aiomqtt.Client) -> Callable[[], aiomqtt.Message | None]:

@@ -80,6 +80,19 @@ class Bus(Protocol):
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> None: ...
 
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        done: Callable[[], object],
+        *,
+        qos: int = 1,
+        retain: bool = False,
+    ) -> None:
+        """Publish without waiting: ``done`` is called once the broker has the message
+        (its PUBACK at QoS 1), never if the connection is lost first. Messages go on
+        the wire in the order of the calls. Raises ``BusError`` with no connection."""  # fmt: skip
+
     async def subscribe(self, pattern: str, *, qos: int = 1) -> None: ...
 
     def messages(self) -> AsyncIterator[Message]: ...
@@ -176,7 +189,7 @@ def _as_bus_error() -> Iterator[None]:
 class MqttBus:
     """A ``Bus`` over one aiomqtt client."""
 
-    def __init__(self, client: aiomqtt.Client, *, manual_ack: bool = False) -> None:
+    def __init__(self, client: internals.BurstClient, *, manual_ack: bool = False) -> None:
         self.client = client
         self.manual_ack = manual_ack
         self._ack = internals.acknowledger(client) if manual_ack else None
@@ -187,6 +200,17 @@ class MqttBus:
     ) -> None:
         with _as_bus_error(), internals.failing_fast(self.client):
             await self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        done: Callable[[], object],
+        *,
+        qos: int = 1,
+        retain: bool = False,
+    ) -> None:
+        internals.publish_nowait(self.client, topic, payload, qos, retain, done)  # fmt: skip
 
     async def subscribe(self, pattern: str, *, qos: int = 1) -> None:
         with _as_bus_error(), internals.failing_fast(self.client):
@@ -262,6 +286,9 @@ class MemoryBus:
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> None:
+        self._deliver(topic, payload, retain)
+
+    def _deliver(self, topic: str, payload: bytes, retain: bool) -> None:
         if retain:
             if payload:
                 self._hub.retained[topic] = payload
@@ -270,6 +297,21 @@ class MemoryBus:
         for client in list(self._hub.clients):
             if any(topic_matches(p, topic) for p in client._patterns):
                 client._queue.put_nowait(Message(topic, payload, False))
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        done: Callable[[], object],
+        *,
+        qos: int = 1,
+        retain: bool = False,
+    ) -> None:
+        # No acknowledgement in one process: delivered at once, ``done`` on the next turn.
+        if self not in self._hub.clients:
+            raise BusError("publish on a closed in-process bus")
+        self._deliver(topic, payload, retain)
+        asyncio.get_running_loop().call_soon(done)
 
     async def subscribe(self, pattern: str, *, qos: int = 1) -> None:
         self._patterns.append(pattern)

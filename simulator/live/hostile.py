@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -67,6 +67,28 @@ class HostileBus:
         if self._sender is None:
             self._sender = asyncio.create_task(self._send())
         await done
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        done: Callable[[], object],
+        *,
+        qos: int = 1,
+        retain: bool = False,
+    ) -> None:
+        """``publish`` in a task of its own (tasks start in the order they are made, so the
+        order holds); ``done`` once it completes. A hostile feed is a test of the
+        consumers, not of the producer's speed."""  # fmt: skip
+        task = asyncio.ensure_future(self.publish(topic, payload, qos=qos, retain=retain))
+        self._publishes.add(task)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._forget(task)
+            if not task.cancelled() and task.exception() is None:
+                done()
+
+        task.add_done_callback(finished)
 
     async def subscribe(self, pattern: str, *, qos: int = 1) -> None:
         await self.inner.subscribe(pattern, qos=qos)

@@ -2,24 +2,31 @@
 
 A thin asyncio shell around ``simulator.feed.Feed`` (what goes out when) and
 ``simulator.outbox`` (batching, the window of publishes in flight, resend
-after a reconnect). One connection per race, so that each race has its own
-last will and its own order. Settings: ``ProducerSettings`` (docs/OPERATIONS.md).
+after a reconnect). One scheduler serves every race: it wakes when the
+earliest race falls due (at most once per ``tick_s``) and sends what every
+race has due, with no task or wait per message: an acknowledgement calls back
+into the race's outbox. Races share connections (``races_per_connection``);
+each race of a shared connection keeps an idle connection of its own for its
+last will. Settings: ``ProducerSettings`` (docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import heapq
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from broker.backoff import Backoff
-from broker.bus import BrokerAddress, Bus, BusError, Will, connect, default_client_id
+from broker.bus import BrokerAddress, Bus, BusError, Message, Will, connect, default_client_id
 from chequered import log
 from chequered.contract import control, topics
-from chequered.contract.control import Reply, Status
+from chequered.contract.control import ProducerState, Reply, Status
 from chequered.contract.events import Event
 from simulator.live.faults import Injector
 from simulator.live.feed import Feed
@@ -29,6 +36,9 @@ from simulator.live.outbox import Outbox, ProducerSettings
 _log = log.get(__name__)
 
 __all__ = ["ProducerSettings", "ReplaySpec", "run_producer"]
+
+STOP_DRAIN_S = 5.0
+"""On a clean stop: how long the offline statuses may take to be acknowledged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,21 +66,41 @@ async def run_producer(
     """Replay every race until ``stop`` is set; a race keeps serving commands after its end."""
     if len({spec.race for spec in replays}) != len(replays):
         raise ValueError(f"race ids must be distinct: {[spec.race for spec in replays]}")
-    stop = stop or asyncio.Event()
     settings = settings or ProducerSettings()
-    feeds = [
-        Feed.create(s.race, s.events, now=time.time(), speed=s.speed, paused=s.paused)
+    if settings.races_per_connection < 1:
+        raise ValueError(f"races_per_connection must be 1 or more: {settings.races_per_connection}")
+    stop = stop or asyncio.Event()
+    now = time.time()
+    races = [
+        _Race(
+            Feed.create(s.race, s.events, now=now, speed=s.speed, paused=s.paused),
+            settings,
+            on_status or _ignore,
+            s.faults,
+        )
         for s in replays
     ]
+    scheduler = _Scheduler(settings)
+    per = settings.races_per_connection
+
+    def name(suffix: str) -> str:
+        # Clean sessions: nothing ties a race to its id, so by default it is one
+        # nobody can guess (and so cannot take over). Given a prefix, the id is stable.
+        return f"{client_id}-{suffix}" if client_id else default_client_id(
+            f"chequered-producer-{suffix}")  # fmt: skip
+
     async with asyncio.TaskGroup() as group:
-        for feed, spec in zip(feeds, replays, strict=True):
-            # Clean sessions: nothing ties a race to its id, so by default it is one
-            # nobody can guess (and so cannot take over). Given a prefix, the id is stable.
-            name = f"{client_id}-{feed.race}" if client_id else default_client_id(
-                f"chequered-producer-{feed.race}")  # fmt: skip
-            race = _Race(feed, Outbox(feed.race, settings), settings, on_status or _ignore,
-                         spec.faults)  # fmt: skip
-            group.create_task(race.run(url, name, stop))
+        group.create_task(scheduler.run(stop))
+        for n, first in enumerate(range(0, len(races), per)):
+            line = _Line(races[first : first + per], scheduler, settings)
+            for race in line.races:
+                race.outbox.on_room = functools.partial(scheduler.poke, race)
+            if len(line.races) == 1:
+                group.create_task(line.run(url, name(line.races[0].feed.race), stop))
+                continue
+            group.create_task(line.run(url, name(f"line{n}"), stop))
+            for race in line.races:
+                group.create_task(_presence(race, scheduler, url, name(race.feed.race), stop))
 
 
 def _ignore(status: Status) -> None:
@@ -82,105 +112,96 @@ async def _wait(event: asyncio.Event, seconds: float | None) -> None:
         await asyncio.wait_for(event.wait(), seconds)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Race:
+    """One race's feed, outbox and commands; ``step`` sends what is due."""
+
     feed: Feed
-    outbox: Outbox
     settings: ProducerSettings
     on_status: Callable[[Status], None]
     faults: Injector | None = None
+    outbox: Outbox = field(init=False)
+    bus: Bus | None = None
+    """Its connection while there is one (through its hostile injector, if any)."""
+    commands: deque[bytes] = field(default_factory=deque)
+    last_state: ProducerState = "idle"
+    next_status: float = 0.0
+    status_owed: bool = False
+    """Its last will may have been published: say the live status again."""
+    wake_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.feed.race, self.settings)
 
     def topic(self, leaf: str) -> str:
         return topics.topic(self.feed.race, leaf)
 
-    async def run(self, url: str | BrokerAddress, client_id: str, stop: asyncio.Event) -> None:
-        """Serve the race until ``stop``, reconnecting with backoff and jitter on a lost broker."""
-        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
-        while not stop.is_set():
-            error: BaseException | None = None
-            will = Will(self.topic(topics.STATUS), self.status_payload(offline=True))
-            try:
-                async with (
-                    connect(
-                        url, client_id=client_id, will=will, keepalive=self.settings.keepalive_s
-                    ) as bus,
-                    hostile(bus, self.faults) as bus,
-                ):
-                    backoff.reset()
-                    await self.serve(bus, stop)
-            except* BusError as group:
-                error = group.exceptions[0]
-            if error is None:
-                break
-            delay = backoff.next()
-            _log.warning(
-                "producer.disconnected", race=self.feed.race, error=str(error),
-                retry_in_s=round(delay, 3), acked_seq=self.outbox.acked_seq,
-            )  # fmt: skip
-            await _wait(stop, delay)
-        _log.info("producer.stopped", race=self.feed.race, **self.outbox.counts)
+    def will(self) -> Will:
+        return Will(
+            self.topic(topics.STATUS), control.encode(self.feed.offline_status(time.time()))
+        )
 
-    def status_payload(self, reply: Reply | None = None, *, offline: bool = False) -> bytes:
+    def publish_status(
+        self, bus: Bus, reply: Reply | None = None, *, offline: bool = False
+    ) -> None:
         now, feed = time.time(), self.feed
         status = feed.offline_status(now) if offline else feed.status(now, reply)
         self.on_status(status)
-        return control.encode(status)
+        self.outbox.send(bus, self.topic(topics.STATUS), control.encode(status), retain=True)
 
-    async def serve(self, bus: Bus, stop: asyncio.Event) -> None:
-        feed, out, commands, wakeup = self.feed, self.outbox, deque[bytes](), asyncio.Event()
-        async with asyncio.TaskGroup() as group:
+    def connected(self, bus: Bus, now: float) -> None:
+        """A new connection: the opening events (first time) or a resend, then the status."""
+        self.bus = bus
+        self.outbox.start(bus, self.feed.start(now))
+        self.publish_status(bus)
+        self.last_state, self.next_status = self.feed.state, now + self.settings.status_interval_s
 
-            async def status(reply: Reply | None = None, *, offline: bool = False) -> None:
-                await out.send(bus, group, self.topic(topics.STATUS), self.status_payload(
-                    reply, offline=offline), retain=True)  # fmt: skip
+    def command(self, message: Message) -> bool:
+        """Queue a control message; False when it is refused unread (answered at once)."""
+        refusal = self.refusal(message.payload, message.retain, len(self.commands))
+        if refusal is None:
+            self.commands.append(message.payload)
+            return True
+        reply = self.feed.reject(message.payload if message.retain else b"", refusal)
+        self.log_reply(reply)
+        if self.bus is not None:
+            self.publish_status(self.bus, reply)
+        return False
 
-            async def read_commands() -> None:
-                async for message in bus.messages():
-                    if not message.payload:
-                        continue  # clears a retained command: nothing to do
-                    refusal = self.refusal(message.payload, message.retain, len(commands))
-                    if refusal is not None:
-                        reply = feed.reject(message.payload if message.retain else b"", refusal)
-                        self.log_reply(reply)
-                        await status(reply)
-                    else:
-                        commands.append(message.payload)
-                        wakeup.set()
-
-            async def watch_stop() -> None:
-                await stop.wait()
-                wakeup.set()
-
-            await bus.subscribe(self.topic(topics.CONTROL), qos=1)
-            await out.start(bus, group, feed.start(time.time()))  # resends after a reconnect
-            await status()
-            tasks = [group.create_task(read_commands()), group.create_task(watch_stop())]
-            last_state, next_status = feed.state, time.time() + self.settings.status_interval_s
-            while not stop.is_set():
-                while commands:
-                    reply, events = feed.handle(commands.popleft(), time.time())
-                    self.log_reply(reply)
-                    await out.events(bus, group, events)
-                    await status(reply)
-                    last_state = feed.state
-                events = feed.take(time.time(), self.settings.max_batch_events)
-                await out.events(bus, group, events)
-                now = time.time()
-                if feed.state != last_state or (feed.state == "running" and now >= next_status):
-                    await status()
-                    last_state, next_status = feed.state, now + self.settings.status_interval_s
-                if events:
-                    await asyncio.sleep(0)  # let acknowledgements and commands in
-                    continue
-                wake = feed.wake_at()
-                if feed.state == "running":
-                    wake = next_status if wake is None else min(wake, next_status)
-                wakeup.clear()
-                if not commands and not stop.is_set():
-                    await _wait(wakeup, None if wake is None else max(0.0, wake - time.time()))
-            for task in tasks:
-                task.cancel()
-            await status(offline=True)
+    def step(self, now: float) -> float | None:
+        """Carry out waiting commands, send what is due; when to come back (None: when
+        poked, by a command, an acknowledgement or a new connection)."""
+        bus, feed, settings = self.bus, self.feed, self.settings
+        if bus is None:
+            return None
+        while self.commands:
+            reply, events = feed.handle(self.commands.popleft(), now)
+            self.log_reply(reply)
+            self.outbox.events(bus, events)
+            self.publish_status(bus, reply)
+            self.last_state = feed.state
+        taken = 0
+        if self.outbox.room():
+            events = feed.take(now, settings.max_batch_events)
+            taken = len(events)
+            self.outbox.events(bus, events)
+        running = feed.state == "running"
+        if (
+            self.status_owed
+            or feed.state != self.last_state
+            or (running and now >= self.next_status)
+        ):
+            self.publish_status(bus)
+            self.status_owed = False
+            self.last_state, self.next_status = feed.state, now + settings.status_interval_s
+        if taken >= settings.max_batch_events:
+            return now
+        if not self.outbox.room():
+            return None
+        wake = feed.wake_at()
+        if running:
+            wake = self.next_status if wake is None else min(wake, self.next_status)
+        return wake
 
     def refusal(self, payload: bytes, retained: bool, waiting: int) -> str | None:
         """Why a control message is refused unread, or None to handle it."""
@@ -199,3 +220,237 @@ class _Race:
         else:
             _log.warning("producer.command_rejected", **fields, error=reply.error,
                          rejected=self.feed.rejected)  # fmt: skip
+
+
+class _Scheduler:
+    """One timer for every race: wakes for the earliest due race (or a poke), at most
+    once per ``tick_s``, and steps every race that is due."""
+
+    def __init__(self, settings: ProducerSettings) -> None:
+        self.tick_s = settings.tick_s
+        self.timers: list[tuple[float, int, _Race]] = []
+        self.ready: dict[_Race, None] = {}
+        """Races to step at the next wake-up, in the order they were poked."""
+        self.order = itertools.count()
+        self.alarm: asyncio.Future[None] | None = None
+        self.lost: dict[_Race, Callable[[BusError], None]] = {}
+        """Per race, what to call when its connection refuses a publish."""
+
+    def poke(self, race: _Race) -> None:
+        self.ready[race] = None
+        self.wake()
+
+    def wake(self) -> None:
+        if self.alarm is not None and not self.alarm.done():
+            self.alarm.set_result(None)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(stop.wait())
+        watcher.add_done_callback(lambda _: self.wake())
+        try:
+            while not stop.is_set():
+                started = time.time()
+                self.step(started)
+                if self.ready:
+                    delay: float | None = 0.0
+                elif self.timers:
+                    delay = self.timers[0][0] - time.time()
+                else:
+                    delay = None
+                if delay is not None:
+                    delay = max(delay, started + self.tick_s - time.time())
+                if delay is not None and delay <= 0:
+                    await asyncio.sleep(0)
+                    continue
+                self.alarm = loop.create_future()
+                timer = None if delay is None else loop.call_later(delay, self.wake)
+                await self.alarm
+                if timer is not None:
+                    timer.cancel()
+                # A poke ends the wait at once; the tick still bounds the wake-ups.
+                rest = started + self.tick_s - time.time()
+                if rest > 0 and not stop.is_set():
+                    await asyncio.sleep(rest)
+        finally:
+            watcher.cancel()
+
+    def step(self, now: float) -> None:
+        timers, ready = self.timers, self.ready
+        while timers and timers[0][0] <= now:
+            when, _, race = heapq.heappop(timers)
+            if race.wake_at == when:
+                race.wake_at = None
+                ready[race] = None
+        if not ready:
+            return
+        due = list(ready)
+        ready.clear()
+        for race in due:
+            try:
+                wake = race.step(now)
+            except BusError as error:
+                lost = self.lost.get(race)
+                if lost is not None:
+                    lost(error)
+                continue
+            if wake is not None and wake != race.wake_at:
+                race.wake_at = wake
+                heapq.heappush(timers, (wake, next(self.order), race))
+
+
+@dataclass(eq=False)
+class _Line:
+    """One connection and the races it carries."""
+
+    races: list[_Race]
+    scheduler: _Scheduler
+    settings: ProducerSettings
+    lost: asyncio.Future[None] | None = None
+
+    @property
+    def label(self) -> str:
+        names = [race.feed.race for race in self.races]
+        return names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
+
+    async def run(self, url: str | BrokerAddress, client_id: str, stop: asyncio.Event) -> None:
+        """Serve the races until ``stop``, reconnecting with backoff and jitter on a lost broker."""
+        settings = self.settings
+        backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        for race in self.races:
+            self.scheduler.lost[race] = self.fail
+        # A connection of one race carries its last will; shared ones have a will each
+        # on a connection of their own (``_presence``).
+        will = self.races[0].will if len(self.races) == 1 else None
+        inflight = max(100, min(len(self.races) * settings.window, 65535))
+        while not stop.is_set():
+            error: BaseException | None = None
+            try:
+                async with (
+                    connect(url, client_id=client_id, will=will() if will else None,
+                            keepalive=settings.keepalive_s, max_inflight=inflight) as bus,
+                    contextlib.AsyncExitStack() as stack,
+                ):  # fmt: skip
+                    backoff.reset()
+                    await self.serve(bus, stack, stop)
+            except* BusError as group:
+                error = group.exceptions[0]
+            finally:
+                for race in self.races:
+                    race.bus = None
+            if error is None:
+                break
+            delay = backoff.next()
+            _log.warning(
+                "producer.disconnected", race=self.label, error=str(error),
+                retry_in_s=round(delay, 3), acked_seq=self.races[0].outbox.acked_seq,
+            )  # fmt: skip
+            await _wait(stop, delay)
+        for race in self.races:
+            _log.info("producer.stopped", race=race.feed.race, **race.outbox.counts)
+
+    def fail(self, error: BusError) -> None:
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_exception(error)
+
+    async def serve(self, bus: Bus, stack: contextlib.AsyncExitStack, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        self.lost = lost = loop.create_future()
+        for race in self.races:
+            await bus.subscribe(race.topic(topics.CONTROL), qos=1)
+        now = time.time()
+        for race in self.races:
+            race_bus = await stack.enter_async_context(hostile(bus, race.faults))
+            race.connected(race_bus, now)
+            self.scheduler.poke(race)
+        reader = loop.create_task(self.read_commands(bus))
+        stopping = loop.create_task(stop.wait())
+        try:
+            await asyncio.wait((reader, stopping, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            stopping.cancel()
+        if lost.done():
+            lost.result()  # raises the connection's error
+        if reader.done() and not reader.cancelled() and (raised := reader.exception()) is not None:
+            raise raised
+        await self.say_offline()
+
+    async def read_commands(self, bus: Bus) -> None:
+        by_topic = {race.topic(topics.CONTROL): race for race in self.races}
+        async for message in bus.messages():
+            race = by_topic.get(message.topic)
+            if race is None or not message.payload:
+                continue  # an empty message clears a retained command: nothing to do
+            if race.command(message):
+                self.scheduler.poke(race)
+
+    async def say_offline(self) -> None:
+        """A clean stop: every race says it is offline, acknowledged before the line closes."""
+        loop = asyncio.get_running_loop()
+        drained = loop.create_future()
+
+        def check() -> None:
+            if not drained.done() and all(r.outbox.in_flight == 0 for r in self.races):
+                drained.set_result(None)
+
+        for race in self.races:
+            bus, race.bus = race.bus, None
+            if bus is not None:
+                race.publish_status(bus, offline=True)
+            race.outbox.on_room = check
+            race.outbox.on_idle = check
+        check()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained, STOP_DRAIN_S)
+
+
+async def _presence(
+    race: _Race,
+    scheduler: _Scheduler,
+    url: str | BrokerAddress,
+    client_id: str,
+    stop: asyncio.Event,
+) -> None:
+    """An idle connection that holds one race's last will, for as long as the producer runs."""
+    settings = race.settings
+    backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+    first = True
+    while not stop.is_set():
+        error: BaseException | None = None
+        try:
+            async with connect(
+                url, client_id=client_id, will=race.will(), keepalive=settings.keepalive_s
+            ) as bus:
+                backoff.reset()
+                if not first:  # the broker may have published the will meanwhile
+                    race.status_owed = True
+                    scheduler.poke(race)
+                first = False
+                await _until_lost(bus, stop)
+        except* BusError as group:
+            error = group.exceptions[0]
+        if error is None:
+            break
+        delay = backoff.next()
+        _log.warning("producer.presence_lost", race=race.feed.race, error=str(error),
+                     retry_in_s=round(delay, 3))  # fmt: skip
+        await _wait(stop, delay)
+
+
+async def _until_lost(bus: Bus, stop: asyncio.Event) -> None:
+    """Return at ``stop``; raise when the connection is lost first."""
+
+    async def read() -> None:
+        async for _ in bus.messages():
+            pass
+
+    loop = asyncio.get_running_loop()
+    reader, stopping = loop.create_task(read()), loop.create_task(stop.wait())
+    try:
+        await asyncio.wait((reader, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        reader.cancel()
+        stopping.cancel()
+    if reader.done() and not reader.cancelled() and (raised := reader.exception()) is not None:
+        raise raised

@@ -157,9 +157,11 @@ async def test_meta_and_status_are_retained_for_a_late_subscriber(
     assert after.statuses[0].last_seq == len(timeline) + 1
 
 
+@pytest.mark.parametrize("per_connection", [1, 2, 25])
 async def test_several_races_from_one_process_each_keep_their_own_sequence(
-    module_mosquitto: Mosquitto,
+    module_mosquitto: Mosquitto, per_connection: int
 ) -> None:
+    """Each race on a connection of its own, two on one, or all on one: the same streams."""
     timeline = tiny_race("copy", cars=4, laps=6)
     races = ["copy-1", "copy-2", "copy-3"]
     watches = {race: Watch(race) for race in races}
@@ -167,7 +169,8 @@ async def test_several_races_from_one_process_each_keep_their_own_sequence(
     async with connect(module_mosquitto.url) as bus:
         await bus.subscribe(topics.all_races("#"))
         specs = [ReplaySpec(race, timeline, speed=None) for race in races]
-        async with producing(module_mosquitto.url, specs):
+        settings = ProducerSettings(races_per_connection=per_connection)
+        async with producing(module_mosquitto.url, specs, settings=settings):
             await collect_until(
                 bus, handlers, lambda: all(w.finished() for w in watches.values()), 30
             )
@@ -209,21 +212,66 @@ async def test_a_killed_producer_is_shown_offline_by_its_last_will(mosquitto: Mo
     assert [s.state for s in watch.statuses].count("offline") == 1
 
 
+SHARED_PRODUCER = """
+import asyncio, sys
+from simulator.live.outbox import ProducerSettings
+from simulator.live.producer import ReplaySpec, run_producer
+from tests.support.feed import tiny_race
+
+races = sys.argv[2:]
+timeline = tiny_race("shared", cars=4, laps=200, lap_ms=60_000)
+specs = [ReplaySpec(race, timeline, speed=1) for race in races]
+asyncio.run(run_producer(sys.argv[1], specs, settings=ProducerSettings(races_per_connection=3)))
+"""
+
+
+async def test_races_sharing_a_connection_each_have_their_last_will(mosquitto: Mosquitto) -> None:
+    """Three races on one connection: killed, each race is shown offline by its own will."""
+    races = ["shared-1", "shared-2", "shared-3"]
+    watches = {race: Watch(race) for race in races}
+    handlers = {k: v for w in watches.values() for k, v in w.handlers().items()}
+
+    def all_in(state: str) -> Callable[[], bool]:
+        return lambda: all(w.status is not None and w.status.state == state
+                           for w in watches.values())  # fmt: skip
+
+    async with connect(mosquitto.url) as bus:
+        await bus.subscribe(topics.all_races("status"))
+        proc = subprocess.Popen(  # noqa: ASYNC220 (started once, never waited on here)
+            [sys.executable, "-c", SHARED_PRODUCER, mosquitto.url, *races],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await collect_until(bus, handlers, all_in("running"), 30)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            await collect_until(bus, handlers, all_in("offline"), 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for race, watch in watches.items():
+        assert [s.state for s in watch.statuses].count("offline") == 1, race
+
+
+@pytest.mark.parametrize("races", [1, 3])
 async def test_resends_what_the_broker_had_not_acknowledged_after_a_restart(
-    tmp_path: Path,
+    tmp_path: Path, races: int
 ) -> None:
-    """The broker stops mid-race and comes back on the same port: nothing is missing."""
+    """The broker stops mid-race and comes back on the same port: nothing is missing,
+    whether the connection carried one race or several."""
     broker = Mosquitto(workdir=tmp_path / "m", persistence=True).start()
-    race = "restart"
-    timeline = tiny_race(race, cars=5, laps=4, lap_ms=3_000)  # 5 cars: a dense stream
-    watch = Watch(race)
+    names = [f"restart-{n}" for n in range(races)]
+    timeline = tiny_race("restart", cars=5, laps=4, lap_ms=3_000)  # 5 cars: a dense stream
+    watches = {race: Watch(race) for race in names}
+    handlers = {k: v for w in watches.values() for k, v in w.handlers().items()}
     restarted = False
     a_third_in = asyncio.Event()
 
     def done() -> bool:
-        if watch.events.last_seq >= len(timeline) // 3:
+        if all(w.events.last_seq >= len(timeline) // 3 for w in watches.values()):
             a_third_in.set()
-        return restarted and watch.finished()
+        return restarted and all(w.finished() for w in watches.values())
 
     try:
 
@@ -234,13 +282,15 @@ async def test_resends_what_the_broker_had_not_acknowledged_after_a_restart(
                     async with connect(
                         broker.url, client_id="restart-reader", clean_session=False
                     ) as bus:
-                        await bus.subscribe(topics.topic(race, "#"), qos=1)
-                        await watch.until(bus, done, 60)
+                        for race in names:
+                            await bus.subscribe(topics.topic(race, "#"), qos=1)
+                        await collect_until(bus, handlers, done, 60)
                         return
                 except BusError:
                     await asyncio.sleep(0.05)  # retry pace of this test's reader only
 
-        async with producing(broker.url, [ReplaySpec(race, timeline, speed=8)]):
+        specs = [ReplaySpec(race, timeline, speed=8) for race in names]
+        async with producing(broker.url, specs):
             task = asyncio.create_task(reader())
             await asyncio.wait_for(a_third_in.wait(), 30)
             broker.stop()  # clean stop: the broker saves the reader's session
@@ -249,8 +299,11 @@ async def test_resends_what_the_broker_had_not_acknowledged_after_a_restart(
             await asyncio.wait_for(task, 60)
     finally:
         broker.stop()
-    assert [e.seq for e in watch.events.events] == list(range(1, len(timeline) + 2))
-    assert without_producer_fields(watch.events.events) == without_producer_fields(timeline)
+    for race, watch in watches.items():
+        assert [e.seq for e in watch.events.events] == list(range(1, len(timeline) + 2)), race
+        assert without_producer_fields(watch.events.events) == without_producer_fields(
+            [replace(e, race=race) for e in timeline]
+        )
 
 
 def test_batches_are_what_msgspec_would_encode_and_respect_both_limits() -> None:
