@@ -281,7 +281,7 @@ _SESSION_FIELDS = SessionView.__struct_fields__
 
 def row_patch(old: CarRow, new: CarRow) -> CarPatch | None:
     """The fields of ``new`` that differ from ``old`` (the same car's row); None if none do."""
-    if old is new:  # a board keeps an unchanged row as the same object: no field to compare
+    if old is new or old == new:  # most rows of a board are unchanged: compared in C, at once
         return None
     changed = {
         name: value
@@ -298,7 +298,7 @@ def row_patch(old: CarRow, new: CarRow) -> CarPatch | None:
 
 def session_patch(old: SessionView, new: SessionView) -> SessionPatch | None:
     """The fields of ``new`` that differ from ``old``; None if none do."""
-    if old is new:
+    if old is new or old == new:
         return None
     changed = {
         name: value
