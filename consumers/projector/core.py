@@ -44,10 +44,10 @@ _SESSION_ONLY: Final = (Flag, Clock)
 class ProjectorSettings:
     """Every limit of the projector, with its default."""
 
-    ack_window: int = 16
-    """Messages folded before a flush (checkpoint, publish, acknowledge). Keep it under
-    the broker's in-flight window (Mosquitto's default max_inflight_messages is 20):
-    the broker sends no more until these are acknowledged."""
+    ack_window: int = 512
+    """Most messages folded before a flush (checkpoint, publish, acknowledge). A broker
+    whose in-flight window is smaller (Mosquitto's default is 20) sends no more until
+    they are acknowledged: the input goes quiet and ``flush_idle_s`` flushes them."""
     snapshot_max_hz: float = 5.0
     """Retained snapshots per second per race at most; deltas carry what lies between."""
     delta_window_s: float = 0.025
@@ -61,12 +61,16 @@ class ProjectorSettings:
     ``reconnect_max_s``, each wait drawn from zero to that (``broker.backoff``)."""
     reconnect_max_s: float = 5.0
     keepalive_s: int = 10
-    flush_delay_s: float = 0.002
+    flush_delay_s: float = 0.025
     """Longest wait, after a message, for more to fold with it before a flush (0: none).
-    Folding a burst together amortises the checkpoint and the board over it."""
-    publish_inflight: int = 8
+    Folding a burst together amortises the checkpoint, the boards and the
+    acknowledgements over it (PERFORMANCE.md)."""
+    flush_idle_s: float = 0.002
+    """Flush as soon as no message has come for this long: the end of a burst, or a
+    broker that waits for acknowledgements before it sends more."""
+    publish_inflight: int = 64
     """Publications awaiting the broker's acknowledgement before folding waits for them
-    (aiomqtt warns above 10)."""
+    (under the client's in-flight limit of 100)."""
     checkpoint_fsync: bool = False
     """fsync each checkpoint record (``checkpoints.FSYNC``): survives a power cut too."""
     max_payload_bytes: int = intake.MAX_PAYLOAD_BYTES

@@ -234,7 +234,14 @@ class Projector:
         sender = _Sender(bus, self.settings.publish_inflight)
         try:
             await self._perform(self.core.everything(), sender)
-            await sender.drain()
+            # Nothing reads the connection yet to see it lost: the wait is bounded instead,
+            # as a client's publish is (10 s).
+            try:
+                await asyncio.wait_for(sender.drain(), PUBLISH_TIMEOUT_S)
+            except TimeoutError:
+                raise BusError(
+                    f"snapshots not acknowledged within {PUBLISH_TIMEOUT_S:g} s"
+                ) from None
         finally:
             sender.cancel()
 
@@ -247,17 +254,20 @@ class Projector:
                 async for message in bus.messages():
                     inbox.put_nowait(message)
             except Exception as exc:
+                sender.fail(exc)
                 inbox.put_nowait(exc)
             else:
-                inbox.put_nowait(ConnectionError("the broker closed the message stream"))
+                closed = ConnectionError("the broker closed the message stream")
+                sender.fail(closed)
+                inbox.put_nowait(closed)
 
         def on_stop(_: object) -> None:
             inbox.put_nowait(_STOP)
 
+        sender = _Sender(bus, self.settings.publish_inflight)
         pump_task = asyncio.create_task(pump(), name="projector-pump")
         stop_task = asyncio.create_task(stop.wait(), name="projector-stop")
         stop_task.add_done_callback(on_stop)
-        sender = _Sender(bus, self.settings.publish_inflight)
         turns = _Turns(self, inbox, sender)
         try:
             while not await turns.one(await inbox.get(), bus):
@@ -290,7 +300,10 @@ class _Turns:
         self.loop = asyncio.get_running_loop()
         self.window = projector.settings.ack_window
         self.delay = projector.settings.flush_delay_s
+        self.idle = projector.settings.flush_idle_s
         self.folded = 0
+        self.first_at = self.last_at = 0.0
+        """Loop times of the first and the latest message folded since the last flush."""
         self.timer: asyncio.TimerHandle | None = None
         self.flush_timer: asyncio.TimerHandle | None = None
 
@@ -302,15 +315,24 @@ class _Turns:
             if self.core.events_wanted:
                 await self.projector.subscribe_events(bus)
             self.folded += 1
+            self.last_at = now = self.loop.time()
+            if self.folded == 1:
+                self.first_at = now
             if self.folded >= self.window or self.delay <= 0:
                 flush = True
             elif self.flush_timer is None:
                 # Wait a little for the rest of a burst still on its way, so that a
-                # flush covers it all.
-                self.flush_timer = self.loop.call_later(self.delay, self.inbox.put_nowait, _FLUSH)
+                # flush covers it all: until the input goes quiet, or the delay ends.
+                self.flush_timer = self.loop.call_at(
+                    self._flush_at(), self.inbox.put_nowait, _FLUSH
+                )
         elif isinstance(item, _Flush):
             self.flush_timer = None
-            flush = True
+            when = self._flush_at()
+            if self.folded and self.loop.time() < when:
+                self.flush_timer = self.loop.call_at(when, self.inbox.put_nowait, _FLUSH)
+            else:
+                flush = True
         elif isinstance(item, _Stop):
             flush = stopping = True
         elif isinstance(item, BaseException):
@@ -331,6 +353,12 @@ class _Turns:
         self._wake_at(self.core.next_deadline())
         return False
 
+    def _flush_at(self) -> float:
+        """When what is folded must be flushed: once no message came for ``flush_idle_s``
+        (a broker whose in-flight window is full sends nothing more until acknowledged),
+        and at the latest ``flush_delay_s`` after the first of them."""
+        return min(self.first_at + self.delay, self.last_at + self.idle)
+
     def _wake_at(self, due: float | None) -> None:
         if due is None or self.timer is not None:
             return
@@ -347,52 +375,65 @@ class _Turns:
                 handle.cancel()
 
 
-class _Sender:
-    """Publishes at QoS 1 without waiting for each acknowledgement, up to a bound.
+PUBLISH_TIMEOUT_S = 10.0
+"""Longest wait for the snapshots published on connecting to be acknowledged."""
 
-    The client writes packets in the order ``publish`` is called, so what is
-    sent keeps its order; folding only waits when ``limit`` publications are
-    still unacknowledged. A failed publication (connection lost) is raised by
-    the next ``send``.
+
+class _Sender:
+    """Publishes at QoS 1 without a task or a wait per message, up to a bound.
+
+    The bus writes packets in the order ``publish_nowait`` is called, so what
+    is sent keeps its order; folding only waits when ``limit`` publications are
+    still unacknowledged. A lost connection (``fail``) is raised by the next
+    ``send`` or by a wait for room.
     """
 
     def __init__(self, bus: Bus, limit: int) -> None:
         self.bus = bus
         self.limit = max(1, limit)
-        self.inflight: set[asyncio.Task[None]] = set()
+        self.inflight = 0
+        self.failed: BaseException | None = None
+        self.room: asyncio.Future[None] | None = None
 
     async def send(self, out: Sequence[Publish]) -> None:
         for publish in out:
-            topic, payload, retain = publish.topic, publish.payload, publish.retain
-            self._raise_failed()
-            while len(self.inflight) >= self.limit:
-                await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
-                self._raise_failed()
-            task = asyncio.create_task(self.bus.publish(topic, payload, qos=1, retain=retain))
-            self.inflight.add(task)
-            task.add_done_callback(self._done)
+            while self.inflight >= self.limit:
+                await self._wait()
+            if self.failed is not None:
+                raise self.failed
+            self.inflight += 1
+            try:
+                self.bus.publish_nowait(
+                    publish.topic, publish.payload, self._acked, qos=1, retain=publish.retain
+                )
+            except BaseException:
+                self.inflight -= 1
+                raise
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            self.inflight.discard(task)
+    async def _wait(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+        self.room = asyncio.get_running_loop().create_future()
+        await self.room
 
-    def _raise_failed(self) -> None:
-        for task in list(self.inflight):
-            if task.done():
-                self.inflight.discard(task)
-                exc = task.exception()
-                if exc is not None:
-                    raise exc
+    def _acked(self) -> None:
+        self.inflight -= 1
+        if self.room is not None and not self.room.done():
+            self.room.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        """The connection is lost: whatever waits for room raises ``error``."""
+        self.failed = error
+        if self.room is not None and not self.room.done():
+            self.room.set_exception(error)
 
     async def drain(self) -> None:
         while self.inflight:
-            await asyncio.wait(self.inflight)
-            self._raise_failed()
+            await self._wait()
 
     def cancel(self) -> None:
-        for task in self.inflight:
-            task.cancel()
-        self.inflight.clear()
+        if self.room is not None and not self.room.done():
+            self.room.cancel()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
