@@ -48,7 +48,13 @@ class GuardedConnection(ServerConnection):
         assert isinstance(transport, asyncio.WriteTransport)
         transport.write(response.serialize())
         if transport.can_write_eof():
-            transport.write_eof()
+            # A client that already hung up (a flood's connect-and-drop) cannot be
+            # half-closed: the refusal is counted all the same, and the socket dropped.
+            try:
+                transport.write_eof()
+            except OSError:
+                transport.abort()
+                return
         self.loop.call_later(self.linger_s, transport.abort)
 
     def data_received(self, data: bytes) -> None:
