@@ -5,10 +5,14 @@ loopback ports, routed into one cluster, each with JetStream (NATS keeps MQTT
 sessions and retained messages in JetStream streams, replicated over the
 nodes) and an MQTT listener. A node can be killed and restarted on the same
 ports and store, as a broker node is lost and comes back in production.
+``wait_whole()`` waits until every replicated stream and consumer has a leader
+and all its replicas caught up: only then can another node be lost without
+stalling the cluster.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -18,12 +22,20 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from broker.mosquitto import free_port
 
 START_TIMEOUT_S = 60.0
 """Longest wait for a node's JetStream to be ready (cluster meta leader elected)."""
 STOP_TIMEOUT_S = 10.0
+WHOLE_TIMEOUT_S = 90.0
+"""Longest wait for a restarted node's replicas to catch up (``wait_whole``): a node that
+rejoins under load copies what it missed of every stream and consumer first."""
+WHOLE_CONFIRM_S = 0.5
+"""How long after a first whole report ``wait_whole`` asks again before trusting it."""
+MONITOR_TIMEOUT_S = 2.0
+"""One request to a node's monitoring port."""
 CLUSTER_NAME = "chequered"
 MAX_ACK_PENDING = 16384
 """Unacknowledged QoS 1 messages NATS lets one MQTT session hold (its limit is 65535)."""
@@ -146,6 +158,46 @@ class NatsCluster:
                     node.proc.kill()
                     node.proc.wait(STOP_TIMEOUT_S)
 
+    def wait_whole(self, timeout: float = WHOLE_TIMEOUT_S) -> None:
+        """Block until the cluster could lose any one node: every node is up, and the
+        meta group and every replicated stream (the MQTT sessions, messages and retained
+        messages) have a leader that sees all their replicas current.
+
+        A node restarted after a SIGKILL listens for MQTT at once but copies what it
+        missed of each stream for a while after; losing another node before then leaves
+        those streams without a quorum (clients time out, sessions cannot be resumed).
+        Not ``/healthz``: in nats-server 2.9 it can report an idle consumer (a session's
+        quiet control subscription) as not current for minutes (seen: over 90 s).
+        """
+        deadline = time.monotonic() + timeout
+        missing: str | None = "not asked yet"
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if not node.alive:
+                    raise NatsError(f"nats-server {node.name} is not running: {self._tail(node)}")
+            missing = self._not_whole()
+            if missing is None:
+                # Twice in a row: one report of a node that is still loading can pass.
+                time.sleep(WHOLE_CONFIRM_S)
+                missing = self._not_whole()
+                if missing is None:
+                    return
+            time.sleep(0.1)
+        raise NatsError(f"NATS cluster not whole in {timeout} s: {missing}")
+
+    def _not_whole(self) -> str | None:
+        reports: dict[str, dict[str, Any]] = {}
+        for node in self.nodes:
+            base = f"http://127.0.0.1:{node.http_port}"
+            try:
+                with urllib.request.urlopen(
+                    f"{base}/jsz?streams=true", timeout=MONITOR_TIMEOUT_S
+                ) as reply:
+                    reports[node.name] = json.load(reply)
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                return f"{node.name} monitoring not answering ({exc})"
+        return not_whole(reports)
+
     def log_text(self, index: int) -> str:
         path = self.nodes[index].workdir / "nats.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -184,3 +236,58 @@ class NatsCluster:
 
     def _tail(self, node: Node) -> str:
         return self.log_text(self.nodes.index(node))[-2000:]
+
+
+def not_whole(reports: dict[str, dict[str, Any]]) -> str | None:
+    """What keeps a cluster from losing a node, from each node's ``/jsz?streams=true``
+    (by node name); None when nothing does.
+
+    Only a group's leader knows whether its followers are current (a follower reports
+    the other followers as lagging), so the meta group and each stream (and consumer,
+    where the reports list them) are judged by the report of the node that leads it.
+    """
+    groups: dict[str, set[str]] = {}
+    """Per group, the leaders that its members name (one, once settled)."""
+    reporters: dict[str, set[str]] = {}
+    judged: dict[str, str | None] = {}
+    """Per group, from its leader's report: None when all replicas are current."""
+    members: dict[str, set[str]] = {}
+
+    def take(group: str, reporter: str, cluster: dict[str, Any] | None) -> None:
+        leader = (cluster or {}).get("leader") or ""
+        groups.setdefault(group, set()).add(leader)
+        reporters.setdefault(group, set()).add(reporter)
+        if leader != reporter:
+            return
+        replicas = (cluster or {}).get("replicas") or []
+        # A node restarted moments ago can still look current to the leader (it was,
+        # before it died, and has not answered since): its own report must name the
+        # leader too, which it does only once it has loaded the group and heard from it.
+        members[group] = {leader, *(r.get("name", "?") for r in replicas)}
+        behind = sorted(r.get("name", "?") for r in replicas if not r.get("current"))
+        if behind:
+            judged[group] = f"{group}: {', '.join(behind)} not current (led by {leader})"
+        else:
+            judged[group] = None
+
+    for name, report in sorted(reports.items()):
+        take("meta", name, report.get("meta_cluster"))
+        for account in report.get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                group = f"stream {stream.get('name')}"
+                take(group, name, stream.get("cluster"))
+                for consumer in stream.get("consumer_detail") or []:
+                    take(f"consumer {stream.get('name')} > {consumer.get('name')}", name,
+                         consumer.get("cluster"))  # fmt: skip
+    for group, leaders in sorted(groups.items()):
+        if len(leaders) != 1 or "" in leaders:
+            named = ", ".join(sorted(leader or "none" for leader in leaders))
+            return f"{group}: no agreed leader (members name {named})"
+        if group not in judged:
+            return f"{group}: its leader {next(iter(leaders))} does not report it"
+        if judged[group] is not None:
+            return judged[group]
+        silent = sorted(members[group] - reporters[group])
+        if silent:
+            return f"{group}: {', '.join(silent)} does not report it yet"
+    return None

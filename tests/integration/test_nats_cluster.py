@@ -11,11 +11,17 @@ NATS may skip a message of a session now and then (a gap, seen at 1000x even
 without losing a node). The projector then asks the producer to send the race
 again (the ``resend`` control command): the gap is healed by a reset and a
 replay, so the final board is exact all the same, and each gap is accounted
-for by a resend that the producer answered.
+for by a resend that the producer answered. The witness's own session can miss
+a message the same way: the run settles only once it holds every seq.
+
+A node is killed only when the cluster could lose it (``NatsCluster.wait_whole``:
+every stream led, every replica current, every node reporting it) and, for the
+second, once the projector is back on its restarted node.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -34,9 +40,13 @@ CLUSTER_TESTS = os.environ.get("CHEQUERED_CLUSTER_TESTS") == "1"
 
 pytestmark = [
     pytest.mark.skipif(nats.binary() is None, reason="nats-server is not installed"),
-    # NATS skips messages of a session under load, and the run converges through
-    # resends: on a saturated 2-core machine it passed 9 runs of 11, so it is run on
-    # demand (CHEQUERED_CLUSTER_TESTS=1), not by the default test command.
+    # On demand (CHEQUERED_CLUSTER_TESTS=1), not in the default test command: on a
+    # loaded 2-core machine nats-server 2.9.10 fails about one run in four, in ways of
+    # its own. A restarted node can leave a group (a session's consumer) without a
+    # leader or "not current" for minutes, and the cluster then stops serving a
+    # client's session (its connects time out, the run never settles); and a
+    # session's subscriber can miss a QoS 1 message (the witness too, not only the
+    # projector, which heals it by a resend). Measured counts: docs/ARCHITECTURE.md.
     pytest.mark.skipif(not CLUSTER_TESTS, reason="set CHEQUERED_CLUSTER_TESTS=1 to run"),
     pytest.mark.slow,
 ]
@@ -88,16 +98,26 @@ async def test_a_node_lost_and_back_mid_race_loses_nothing(tmp_path: Path) -> No
 
             # The projector's node dies while events keep coming through the others.
             await until(lambda: witness.last_event_seq >= quarter, WAIT_S, "a quarter")
+            await asyncio.to_thread(cluster.wait_whole)
             cluster.kill_node(PROJECTOR_NODE)
             await until(
                 lambda: witness.last_event_seq >= 2 * quarter, WAIT_S, "events while it is down"
             )
-            cluster.start_node(PROJECTOR_NODE)
+            await asyncio.to_thread(cluster.start_node, PROJECTOR_NODE)
 
-            # Then the producer's node: what it had not acknowledged is sent again.
+            # Then the producer's node: what it had not acknowledged is sent again. Not
+            # before the projector is back on its node and that node has caught up with
+            # every stream: a node lost while another still catches up leaves groups
+            # without a quorum, and nats-server 2.9 was seen not to recover from that.
+            await until(
+                lambda: projector.log_text().count('"projector_subscribed"') >= 2,
+                WAIT_S,
+                "the projector back on its node",
+            )
             await until(lambda: witness.last_event_seq >= 3 * quarter, WAIT_S, "three quarters")
+            await asyncio.to_thread(cluster.wait_whole)
             cluster.kill_node(PRODUCER_NODE)
-            cluster.start_node(PRODUCER_NODE)
+            await asyncio.to_thread(cluster.start_node, PRODUCER_NODE)
 
             def settled() -> bool:
                 # Finished, and the projector's retained board is at the producer's last
@@ -111,14 +131,17 @@ async def test_a_node_lost_and_back_mid_race_loses_nothing(tmp_path: Path) -> No
                     and witness.retained is not None
                     and witness.retained.seq == (last.last_seq or 0)
                     and witness.retained.session.gaps == 0
+                    and not witness.missing_seqs()
                 )
 
             await until(settled, WAIT_S, "the race finished and folded to its last seq")
             final_seq = witness.retained.seq if witness.retained else 0
             for browser in browsers:
-                await until(
-                    lambda b=browser: b.seq == final_seq, WAIT_S, "every browser at the end"
-                )
+
+                def at_end(b: Watcher = browser) -> bool:
+                    return b.seq == final_seq
+
+                await until(at_end, WAIT_S, "every browser at the end")
             metrics = parse_metrics(scrape(metrics_port))
             assert producer.stop() is not None
             assert projector.stop() == 0
