@@ -56,6 +56,11 @@ class ProjectorSettings:
     to every client of the race: at 60x a race emits about 60 events a second, and a
     25 ms window takes the gateway's frames and the projector's boards down by some 60%
     for at most 25 ms of latency (PERFORMANCE.md). 0: a delta per flush."""
+    delta_qos: int = 0
+    """QoS of the deltas. A reader repairs a lost delta by seq from the next retained
+    snapshot (its ``prev_seq`` no longer matches), so they need no acknowledgement:
+    at 0 neither the projector nor the gateway reads or writes a PUBACK per delta.
+    Snapshots, dead letters and commands stay at 1."""
     reconnect_min_s: float = 0.2
     """Longest wait before the first reconnect to a lost broker; doubles up to
     ``reconnect_max_s``, each wait drawn from zero to that (``broker.backoff``)."""
@@ -115,6 +120,7 @@ class Publish:
     topic: str
     payload: bytes
     retain: bool = False
+    qos: int = 1
 
 
 Action = WriteCheckpoint | Acknowledge | Publish
@@ -264,7 +270,8 @@ class Boards:
             # The delta first: deltas chain on each other, and a snapshot that goes
             # with one repeats the board at the delta's seq.
             self.published[race] = current
-            out.append(Publish(topics.topic(race, topics.STANDINGS_DELTA), board.encode(change)))
+            out.append(Publish(topics.topic(race, topics.STANDINGS_DELTA), board.encode(change),
+                               qos=self.settings.delta_qos))  # fmt: skip
             self.metrics.deltas_out.inc()
             if self.settings.delta_window_s > 0:
                 self.next_delta_at[race] = now + self.settings.delta_window_s

@@ -404,8 +404,9 @@ class _Sender:
             self.inflight += 1
             try:
                 self.bus.publish_nowait(
-                    publish.topic, publish.payload, self._acked, qos=1, retain=publish.retain
-                )
+                    publish.topic, publish.payload, self._acked, qos=publish.qos,
+                    retain=publish.retain,
+                )  # fmt: skip
             except BaseException:
                 self.inflight -= 1
                 raise
