@@ -130,7 +130,7 @@ def register(subparsers: Any) -> None:
         "--probe",
         metavar="TOPIC",
         help="with --target-mqtt: the topic your consumer publishes per race, {race} in it "
-        "(default: chequered/v1/{race}/standings and standings/delta)",
+        "(default: chequered/v2/{race}/standings and standings/delta)",
     )
     scale = parser.add_argument_group("every core")
     scale.add_argument(

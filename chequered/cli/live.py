@@ -53,9 +53,9 @@ def register(subparsers: Any) -> None:
         "replay",
         parents=[broker],
         help="replay recorded races on an MQTT broker at a chosen speed",
-        description="Publish each race's events on chequered/v1/<race>/events at the clock's "
+        description="Publish each race's events on chequered/v2/<race>/events at the clock's "
         "pace, retain its facts (meta) and the producer's status, and obey commands on "
-        "chequered/v1/<race>/control until interrupted.",
+        "chequered/v2/<race>/control until interrupted.",
     )
     replay.add_argument("races", nargs="+", metavar="RACE", help="recording name or path")
     _add_speed_and_seed(replay, default_speed=1.0)
@@ -73,8 +73,8 @@ def register(subparsers: Any) -> None:
     ctl = subparsers.add_parser(
         "control",
         help="pause, resume, change speed or seek a running replay",
-        description="Publish one command on chequered/v1/RACE/control and print the "
-        "producer's reply from chequered/v1/RACE/status. Exit status 1 if it was rejected.",
+        description="Publish one command on chequered/v2/RACE/control and print the "
+        "producer's reply from chequered/v2/RACE/status. Exit status 1 if it was rejected.",
     )
     ctl.add_argument("race", metavar="RACE", type=_race_id, help="race id on the wire")
     actions = ctl.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -94,7 +94,7 @@ def register(subparsers: Any) -> None:
         "status",
         parents=[broker, waiting],
         help="print a race's retained producer status",
-        description="Read chequered/v1/RACE/status. Exit status 0 while a producer serves "
+        description="Read chequered/v2/RACE/status. Exit status 0 while a producer serves "
         "the race (running, paused, finished), 1 when it is offline, 2 when there is none.",
     )
     status.add_argument("race", metavar="RACE", type=_race_id, help="race id on the wire")
@@ -265,7 +265,7 @@ def add_fault_options(parser: argparse.ArgumentParser, *, record_file: bool = Tr
         "hostile feed",
         "Inject the faults real feeds and brokers cause, each a probability per events "
         "message, reproducible by --fault-seed. Each fault is labelled on "
-        "chequered/v1/<race>/injected and counted in the status; a summary is printed at "
+        "chequered/v2/<race>/injected and counted in the status; a summary is printed at "
         "the end (docs/PROTOCOL.md, docs/LOADTEST.md).",
     )
     rates = (

@@ -43,10 +43,10 @@ def register(subparsers: Any) -> None:
         parents=[broker],
         help="fold race events into standings and publish snapshots and deltas",
         description=(
-            "Subscribes to chequered/v1/+/events with a persistent session, folds every "
+            "Subscribes to chequered/v2/+/events with a persistent session, folds every "
             "race into standings and publishes a retained snapshot "
-            "(chequered/v1/<race>/standings) and deltas (.../standings/delta). Bad payloads "
-            "go to chequered/v1/<race>/deadletter. With --checkpoint-dir a restart resumes "
+            "(chequered/v2/<race>/standings) and deltas (.../standings/delta). Bad payloads "
+            "go to chequered/v2/<race>/deadletter. With --checkpoint-dir a restart resumes "
             "where it stopped."
         ),
     )

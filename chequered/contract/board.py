@@ -1,8 +1,8 @@
 """The leaderboard as published: snapshot and delta types shared by projector, gateway and widget.
 
 The projector publishes a retained ``Snapshot`` per race on
-``chequered/v1/<race>/standings`` and a ``Delta`` per folded message on
-``chequered/v1/<race>/standings/delta``. Both carry the event ``seq`` they
+``chequered/v2/<race>/standings`` and a ``Delta`` per folded message on
+``chequered/v2/<race>/standings/delta``. Both carry the event ``seq`` they
 reflect; a delta also carries ``prev_seq``, the seq of the snapshot or delta
 it applies on top of, so that a reader can check it missed nothing. A delta
 carries only the fields that changed (``CarPatch``, ``SessionPatch``);

@@ -1,7 +1,7 @@
 """Replay control commands and the producer's retained status, as msgspec Structs.
 
-Commands arrive on ``chequered/v1/<race>/control``; every command is
-answered on ``chequered/v1/<race>/status`` with the producer's status and a
+Commands arrive on ``chequered/v2/<race>/control``; every command is
+answered on ``chequered/v2/<race>/status`` with the producer's status and a
 reply naming the command (by its ``id`` when the sender gave one).
 """
 

@@ -1,6 +1,6 @@
 """The dead letter: what the projector publishes for a payload or event it would not fold.
 
-Published on ``chequered/v1/<race>/deadletter`` so that an operator can see what
+Published on ``chequered/v2/<race>/deadletter`` so that an operator can see what
 was refused and why; documented by ``docs/schema/deadletter.schema.json``.
 """
 

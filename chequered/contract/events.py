@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 
 CarNumber = Annotated[str, Meta(min_length=1, max_length=8, pattern=r"^[0-9A-Za-z]+$")]
 RaceId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]

@@ -1,4 +1,4 @@
-"""What a hostile feed injected: one label per fault, on ``chequered/v1/<race>/injected``.
+"""What a hostile feed injected: one label per fault, on ``chequered/v2/<race>/injected``.
 
 A consumer's author runs the producer with faults (``chequered replay --drop ...``)
 and checks their consumer against these labels, the truth of what was done to the

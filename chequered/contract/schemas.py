@@ -43,23 +43,23 @@ def _injected() -> dict[str, object]:
 
 
 SCHEMAS: dict[str, tuple[str, Callable[[], dict[str, object]]]] = {
-    "events.schema.json": ("A message on chequered/v1/<race>/events", events.json_schema),
-    "control.schema.json": ("A command on chequered/v1/<race>/control", control.command_schema),
+    "events.schema.json": ("A message on chequered/v2/<race>/events", events.json_schema),
+    "control.schema.json": ("A command on chequered/v2/<race>/control", control.command_schema),
     "status.schema.json": (
-        "The producer's status on chequered/v1/<race>/status",
+        "The producer's status on chequered/v2/<race>/status",
         control.status_schema,
     ),
-    "standings.schema.json": ("The snapshot on chequered/v1/<race>/standings", _standings),
+    "standings.schema.json": ("The snapshot on chequered/v2/<race>/standings", _standings),
     "standings-delta.schema.json": (
-        "A delta on chequered/v1/<race>/standings/delta",
+        "A delta on chequered/v2/<race>/standings/delta",
         _standings_delta,
     ),
     "deadletter.schema.json": (
-        "A rejected payload on chequered/v1/<race>/deadletter",
+        "A rejected payload on chequered/v2/<race>/deadletter",
         _dead_letter,
     ),
     "injected.schema.json": (
-        "A fault a hostile feed injected, on chequered/v1/<race>/injected",
+        "A fault a hostile feed injected, on chequered/v2/<race>/injected",
         _injected,
     ),
 }

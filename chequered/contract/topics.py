@@ -1,6 +1,6 @@
 """The MQTT topic tree, versioned with the event contract.
 
-Every topic of a race sits under ``chequered/v1/<race>/``. Build topic names
+Every topic of a race sits under ``chequered/v2/<race>/``. Build topic names
 here and nowhere else, so that a version bump is one edit.
 """
 

@@ -101,7 +101,7 @@ def parse_meta(
 
 
 def dead_letter_topic(race: str | None, known: Container[str]) -> str:
-    """``chequered/v1/<race>/deadletter`` for a race being folded, else ``.../_/deadletter``.
+    """``chequered/v2/<race>/deadletter`` for a race being folded, else ``.../_/deadletter``.
 
     Unknown races share one topic so that garbage cannot create topics at will.
     """

@@ -466,7 +466,7 @@ async def run_projector(
     registry: Registry | None = None,
     partition: Partition | None = None,
 ) -> None:
-    """Fold ``chequered/v1/+/events`` into standings until ``stop`` is set.
+    """Fold ``chequered/v2/+/events`` into standings until ``stop`` is set.
 
     With ``partition`` it is one of a set of projectors: it reads every race's meta
     but subscribes only to the events of the races the partition owns

@@ -32,7 +32,7 @@ async def test_a_publish_on_a_lost_connection_is_a_bus_error(mosquitto: Mosquitt
         async with connect(mosquitto.url, keepalive=2) as bus:
             mosquitto.stop(kill=True)
             for _ in range(1000):  # the first may still be written before the loss is seen
-                await bus.publish("chequered/v1/lost/status", b"x")
+                await bus.publish("chequered/v2/lost/status", b"x")
 
 
 async def test_a_connection_lost_while_nobody_reads_is_logged_once(mosquitto: Mosquitto) -> None:
@@ -42,7 +42,7 @@ async def test_a_connection_lost_while_nobody_reads_is_logged_once(mosquitto: Mo
     unhandled = _unhandled(asyncio.get_running_loop())
     with structlog.testing.capture_logs() as logs:
         async with connect(mosquitto.url, client_id="quiet-reader", keepalive=2) as bus:
-            await bus.subscribe("chequered/v1/quiet/#")
+            await bus.subscribe("chequered/v2/quiet/#")
             mosquitto.stop(kill=True)
             assert isinstance(bus, MqttBus)
             lost_seen = bus.client._disconnected
@@ -61,7 +61,7 @@ async def test_a_lost_connection_the_caller_hears_of_is_not_logged_again(
     """The iterator raises the loss as a BusError: the caller logs it, the bus does not."""
     with structlog.testing.capture_logs() as logs, pytest.raises(BusError):
         async with connect(mosquitto.url, keepalive=2) as bus:
-            await bus.subscribe("chequered/v1/heard/#")
+            await bus.subscribe("chequered/v2/heard/#")
             mosquitto.stop(kill=True)
             async for _ in bus.messages():
                 pass

@@ -24,39 +24,39 @@ async def _first(bus_messages: object, n: int) -> list[tuple[str, bytes, bool]]:
 
 async def test_retained_and_live_messages_reach_a_subscriber(mosquitto: Mosquitto) -> None:
     async with connect(mosquitto.url) as pub:
-        await pub.publish("chequered/v1/r1/meta", b"facts", retain=True)
+        await pub.publish("chequered/v2/r1/meta", b"facts", retain=True)
         async with connect(mosquitto.url) as sub:
-            await sub.subscribe("chequered/v1/+/#")
-            await pub.publish("chequered/v1/r1/events", b"e1")
+            await sub.subscribe("chequered/v2/+/#")
+            await pub.publish("chequered/v2/r1/events", b"e1")
             got = await asyncio.wait_for(_first(sub.messages(), 2), 10)
-    assert ("chequered/v1/r1/meta", b"facts", True) in got
-    assert ("chequered/v1/r1/events", b"e1", False) in got
+    assert ("chequered/v2/r1/meta", b"facts", True) in got
+    assert ("chequered/v2/r1/events", b"e1", False) in got
 
 
 async def test_memory_bus_has_the_same_semantics() -> None:
-    will = Will("chequered/v1/r2/status", b"offline")
+    will = Will("chequered/v2/r2/status", b"offline")
     async with connect("memory://t1") as pub:
-        await pub.publish("chequered/v1/r2/meta", b"facts", retain=True)
+        await pub.publish("chequered/v2/r2/meta", b"facts", retain=True)
         async with connect("memory://t1") as sub:
-            await sub.subscribe("chequered/v1/r2/#")
+            await sub.subscribe("chequered/v2/r2/#")
             try:
                 async with connect("memory://t1", will=will) as dying:
-                    await dying.publish("chequered/v1/r2/events", b"e1")
+                    await dying.publish("chequered/v2/r2/events", b"e1")
                     raise RuntimeError("crash")
             except RuntimeError:
                 pass
             got = await asyncio.wait_for(_first(sub.messages(), 3), 5)
     assert got == [
-        ("chequered/v1/r2/meta", b"facts", True),
-        ("chequered/v1/r2/events", b"e1", False),
-        ("chequered/v1/r2/status", b"offline", False),
+        ("chequered/v2/r2/meta", b"facts", True),
+        ("chequered/v2/r2/events", b"e1", False),
+        ("chequered/v2/r2/status", b"offline", False),
     ]
 
 
 def test_topic_filters_and_urls() -> None:
-    assert topic_matches("chequered/v1/+/events", "chequered/v1/r/events")
-    assert not topic_matches("chequered/v1/+/events", "chequered/v1/r/standings")
-    assert topic_matches("chequered/#", "chequered/v1/r/standings/delta")
+    assert topic_matches("chequered/v2/+/events", "chequered/v2/r/events")
+    assert not topic_matches("chequered/v2/+/events", "chequered/v2/r/standings")
+    assert topic_matches("chequered/#", "chequered/v2/r/standings/delta")
     assert not topic_matches("a/+", "a/b/c")
     addr = parse_url("mqtt://user:p%40ss@example.org:1999")
     assert (addr.host, addr.port, addr.username, addr.password) == (

@@ -130,9 +130,9 @@ def test_topic_names_round_trip() -> None:
         assert name.startswith(f"chequered/v{ev.CONTRACT_VERSION}/alms-2013-monterey-race/")
         assert topics.race_of(name) == "alms-2013-monterey-race"
         assert topics.leaf_of(name) == leaf
-    assert topics.all_races(topics.EVENTS) == "chequered/v1/+/events"
+    assert topics.all_races(topics.EVENTS) == "chequered/v2/+/events"
     assert topics.race_of("other/v1/r/events") is None
-    assert topics.leaf_of("chequered/v2/r/events") is None
+    assert topics.leaf_of("chequered/v1/r/events") is None
 
 
 def test_the_wall_field_is_the_only_difference_between_two_emissions() -> None:

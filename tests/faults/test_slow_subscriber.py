@@ -25,7 +25,7 @@ from tests.conftest import requires_mosquitto
 
 pytestmark = [requires_mosquitto, pytest.mark.slow]
 
-TOPIC = "chequered/v1/slow-sub/events"
+TOPIC = "chequered/v2/slow-sub/events"
 MESSAGES = 5000
 """Five times Mosquitto's default queue limit."""
 PAYLOAD_PAD = 200

@@ -95,7 +95,7 @@ async def _round_trip(url: str, ca_file: Path, topic: str) -> list[bytes]:
 
 
 async def test_mqtt_over_tls_with_a_trusted_ca(tls_broker: Mosquitto, certs: Certs) -> None:
-    got = await _round_trip(_tls_url(tls_broker), certs.ca, "chequered/v1/tls-1/status")
+    got = await _round_trip(_tls_url(tls_broker), certs.ca, "chequered/v2/tls-1/status")
     assert got == [b"over tls", b"live"]
 
 
@@ -105,7 +105,7 @@ async def test_mqtt_over_tls_refuses_a_server_signed_by_an_untrusted_ca(
     address = parse_url(_tls_url(tls_broker), ca_file=str(other_certs.ca))
     with pytest.raises(REFUSED):
         async with asyncio.timeout(WAIT_S), connect(address) as bus:
-            await bus.publish("chequered/v1/tls-2/status", b"must not arrive")
+            await bus.publish("chequered/v2/tls-2/status", b"must not arrive")
 
 
 def test_plain_mqtt_to_the_tls_port_is_refused(tls_broker: Mosquitto) -> None:

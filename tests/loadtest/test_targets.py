@@ -165,8 +165,8 @@ def test_bad_target_arguments_are_one_line_errors(
 
 def test_the_probe_reads_the_documented_topics_or_the_one_named() -> None:
     plain = ProbeConfig("mqtt://x", ("a", "b"))
-    assert subscriptions(plain) == ["chequered/v1/+/standings", "chequered/v1/+/standings/delta"]
-    assert race_of(plain, "chequered/v1/a/standings/delta") == "a"
+    assert subscriptions(plain) == ["chequered/v2/+/standings", "chequered/v2/+/standings/delta"]
+    assert race_of(plain, "chequered/v2/a/standings/delta") == "a"
     named = ProbeConfig("mqtt://x", ("a", "b"), "acme/{race}/board")
     assert subscriptions(named) == ["acme/a/board", "acme/b/board"]
     assert race_of(named, "acme/b/board") == "b"

@@ -501,31 +501,31 @@ def test_intake_gives_the_events_of_a_single_or_a_batch() -> None:
 @pytest.mark.parametrize(
     ("topic", "payload", "reason", "race"),
     [
-        ("chequered/v1/pure/standings", b"{}", "not an events topic", None),
+        ("chequered/v2/pure/standings", b"{}", "not an events topic", None),
         ("elsewhere/pure/events", b"{}", "not an events topic", None),
-        ("chequered/v1/pure/events", b"\xff\xfe", "invalid payload", "pure"),
-        ("chequered/v1/pure/events", b"{" * 50, "invalid payload", "pure"),
-        ("chequered/v1/pure/events", b" " * 5000, "bytes is more than", "pure"),
+        ("chequered/v2/pure/events", b"\xff\xfe", "invalid payload", "pure"),
+        ("chequered/v2/pure/events", b"{" * 50, "invalid payload", "pure"),
+        ("chequered/v2/pure/events", b" " * 5000, "bytes is more than", "pure"),
         (
-            "chequered/v1/pure/events",
+            "chequered/v2/pure/events",
             b'{"kind": "batch", "race": "pure", "events": []}',
             "invalid payload",
             "pure",
         ),
         (
-            "chequered/v1/pure/events",
+            "chequered/v2/pure/events",
             encode(Batch(race="other", events=[Flag(race="other", seq=1, t_ms=0, flag="red")])),
             "batch of race other",
             "pure",
         ),
         (
-            "chequered/v1/pure/events",
+            "chequered/v2/pure/events",
             encode(Batch(race="pure", events=[Flag(race="other", seq=1, t_ms=0, flag="red")])),
             "event seq 1 of race other",
             "pure",
         ),
         (
-            "chequered/v1/pure/events",
+            "chequered/v2/pure/events",
             encode(Batch(race="pure", events=[Flag(race="pure", seq=1, t_ms=0, flag="red")] * 4)),
             "batch of 4 events",
             "pure",
@@ -541,9 +541,9 @@ def test_intake_names_what_is_wrong(
 
 
 def test_dead_letters_go_to_the_race_only_when_it_is_folded() -> None:
-    assert intake.dead_letter_topic("known", {"known"}) == "chequered/v1/known/deadletter"
-    assert intake.dead_letter_topic("made-up", {"known"}) == "chequered/v1/_/deadletter"
-    assert intake.dead_letter_topic(None, {"known"}) == "chequered/v1/_/deadletter"
+    assert intake.dead_letter_topic("known", {"known"}) == "chequered/v2/known/deadletter"
+    assert intake.dead_letter_topic("made-up", {"known"}) == "chequered/v2/_/deadletter"
+    assert intake.dead_letter_topic(None, {"known"}) == "chequered/v2/_/deadletter"
     letter = intake.decode_dead_letter(
         intake.dead_letter("why", "t", b"x" * 2000, race="r", seq=3, wall=1.5)
     )
