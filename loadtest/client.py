@@ -4,37 +4,31 @@ A client process opens its share of the load test's connections, subscribes
 each to one race, checks every client's ``prev_seq`` chain, records latency
 from the event's emission (``wall``) to receipt in an HDR histogram, and
 reports to the load test once per interval over a pipe. The default client
-speaks RFC 6455 itself on an asyncio ``Protocol`` (no per-message task, no
-per-frame copy beyond the payload), so that the clients take as little CPU as
-possible from the processes being measured; ``impl="websockets"`` uses the
-websockets library instead, as a cross-check.
-
-Why not websockets' sans-I/O ``ClientProtocol`` for the frames: on the same
-stream of 100,000 unmasked 298-byte text frames, fed in 64 KiB reads, this
-parser took 0.71 µs of CPU per frame and ``ClientProtocol.receive_data`` with
-``events_received`` 2.53 µs (1.01 against 3.01 µs fed a frame at a time; best
-of 5, Python 3.11.7, websockets 17.4). At the target's 24,000 frames a second
-that difference is about 4% of a core, taken from the stages under test.
+(``loadtest.connection``) is websockets' sans-I/O ``ClientProtocol`` on an
+asyncio ``BufferedProtocol``: no task, future or queue per frame, each read
+parsed whole, so that the clients take as little CPU as possible from the
+processes being measured; ``impl="websockets"`` uses the library's asyncio
+client instead, as a cross-check.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
+import functools
 import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Literal, cast
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 from hdrh.histogram import HdrHistogram
 
+from loadtest.connection import MAX_MESSAGE_BYTES, OnMessage, SessionProtocol
 from loadtest.stats import (
     ClientResult,
     LatencyTally,
@@ -52,16 +46,12 @@ CONNECT_CONCURRENCY = 32
 """Handshakes in flight per client process (kept under the server's listen backlog)."""
 CONNECT_ATTEMPTS = 3
 """A client whose connection fails is tried this many times before it counts as failed."""
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-"""A frame larger than this closes the connection as an error."""
-MAX_HANDSHAKE_BYTES = 16 * 1024
+MAX_FRAME_BYTES = MAX_MESSAGE_BYTES
+"""A message larger than this closes the connection as an error."""
 TICK_INTERVAL_S = 1.0
 RESUBSCRIBE_DELAY_S = 0.25
 """Wait before subscribing again when the gateway does not know the race yet."""
 MAX_RESUBSCRIBES = 40
-
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 class _Probe(msgspec.Struct):
@@ -93,7 +83,7 @@ class WorkerConfig:
     clients: tuple[Assignment, ...]
     impl: ClientImpl = "lean"
     compression: bool = False
-    """Offer permessage-deflate (``websockets`` impl only; browsers do)."""
+    """Offer permessage-deflate, as browsers do (either impl)."""
     interval_s: float = TICK_INTERVAL_S
     connect_concurrency: int = CONNECT_CONCURRENCY
     connect_timeout_s: float = CONNECT_TIMEOUT_S
@@ -231,169 +221,19 @@ def _ws_parts(url: str) -> tuple[str, int, str]:
     return parts.hostname, parts.port or 80, path
 
 
-def _mask(payload: bytes) -> bytes:
-    key = os.urandom(4)
-    n = len(payload)
-    # XOR through big integers: one C-level operation instead of a Python loop.
-    repeated = (key * (n // 4 + 1))[:n]
-    masked = int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")
-    return key + masked.to_bytes(n, "big")
-
-
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """One masked, final frame from client to server."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 1 << 16:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + _mask(payload)
-
-
-class LeanProtocol(asyncio.Protocol):
-    """A websocket client connection that reads text frames into a callback.
-
-    Handles the opening handshake, fragmented messages, ping (answered with
-    pong) and close. Sends only small masked text frames.
-    """
+class LeanProtocol(SessionProtocol):
+    """A client connection as an asyncio ``Protocol``, addressed by host, port and path."""
 
     def __init__(
         self,
         host: str,
         port: int,
         path: str,
-        on_message: Callable[[bytes, float], None],
+        on_message: OnMessage,
         *,
-        max_frame: int = MAX_FRAME_BYTES,
+        compression: bool = False,
     ) -> None:
-        self._key = base64.b64encode(os.urandom(16))
-        self._request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {self._key.decode()}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-        self._on_message = on_message
-        self._max_frame = max_frame
-        self._buf = bytearray()
-        self._fragments: list[bytes] = []
-        self._open = False
-        self.transport: asyncio.Transport | None = None
-        loop = asyncio.get_running_loop()
-        self.opened: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport, though uvloop's is no subclass of asyncio.Transport.
-        self.transport = stream = cast(asyncio.Transport, transport)
-        stream.write(self._request)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def send_text(self, text: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(client_frame(_OP_TEXT, text))
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            with contextlib.suppress(Exception):
-                self.transport.write(client_frame(_OP_CLOSE, (1000).to_bytes(2, "big")))
-            self.transport.close()
-
-    def _fail(self, reason: str) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionError(reason))
-        if self.transport is not None:
-            self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time()
-        buf = self._buf
-        buf += data
-        if not self._open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HANDSHAKE_BYTES:
-                    self._fail("handshake response too large")
-                return
-            if not self._check_handshake(bytes(buf[:end])):
-                return
-            del buf[: end + 4]
-            self._open = True
-            self.opened.set_result(None)
-        self._frames(buf, now)
-
-    def _check_handshake(self, head: bytes) -> bool:
-        lines = head.split(b"\r\n")
-        status = lines[0].split(b" ", 2)
-        if len(status) < 2 or status[1] != b"101":
-            self._fail(f"handshake refused: {lines[0].decode(errors='replace')}")
-            return False
-        expected = base64.b64encode(hashlib.sha1(self._key + _GUID).digest())
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"sec-websocket-accept":
-                if value.strip() == expected:
-                    return True
-                break
-        self._fail("handshake: bad or missing Sec-WebSocket-Accept")
-        return False
-
-    def _frames(self, buf: bytearray, now: float) -> None:
-        pos = 0
-        n = len(buf)
-        while n - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            length = b1 & 0x7F
-            head = 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                head = 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                head = 10
-            if b1 & 0x80:
-                self._fail("server frame is masked")
-                return
-            if length > self._max_frame:
-                self._fail(f"frame of {length} bytes exceeds {self._max_frame}")
-                return
-            if n - pos < head + length:
-                break
-            start = pos + head
-            payload = bytes(buf[start : start + length])
-            pos = start + length
-            opcode = b0 & 0x0F
-            fin = b0 & 0x80
-            if opcode in (_OP_TEXT, _OP_BINARY):
-                if fin:
-                    self._on_message(payload, now)
-                else:
-                    self._fragments = [payload]
-            elif opcode == _OP_CONT:
-                self._fragments.append(payload)
-                if fin:
-                    whole = b"".join(self._fragments)
-                    self._fragments = []
-                    self._on_message(whole, now)
-            elif opcode == _OP_PING:
-                if self.transport is not None:
-                    self.transport.write(client_frame(_OP_PONG, payload))
-            elif opcode == _OP_CLOSE:
-                self.close()
-                return
-        if pos:
-            del buf[:pos]
+        super().__init__(f"ws://{host}:{port}{path}", on_message, compression=compression)
 
 
 async def run_lean_client(
@@ -402,32 +242,33 @@ async def run_lean_client(
     url: str,
     *,
     connect_timeout: float = CONNECT_TIMEOUT_S,
+    compression: bool = False,
     stop: asyncio.Event,
 ) -> None:
+    """One client: websockets' sans-I/O protocol on an asyncio ``Protocol`` of its own."""
     host, port, path = _ws_parts(url)
     loop = asyncio.get_running_loop()
-
-    def on_message(payload: bytes, now: float) -> None:
-        recorder.on_message(state, payload, now)
-
+    on_message = functools.partial(recorder.on_message, state)
     async with asyncio.timeout(connect_timeout):
-        _, proto = await loop.create_connection(
-            lambda: LeanProtocol(host, port, path, on_message), host, port
+        _, conn = await loop.create_connection(
+            lambda: LeanProtocol(host, port, path, on_message, compression=compression),
+            host,
+            port,
         )
-        await proto.opened
+        await conn.opened
     state.connected = True
     request = subscribe_message(state.assignment)
-    state.resubscribe = lambda: proto.send_text(request)
-    proto.send_text(request)
+    state.resubscribe = lambda: conn.send_text(request)
+    conn.send_text(request)
     try:
         stopping: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
-        closed: asyncio.Future[object] = proto.closed  # type: ignore[assignment]
+        closed: asyncio.Future[object] = conn.closed  # type: ignore[assignment]
         await asyncio.wait({stopping, closed}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         if not stop.is_set():
             state.error = "closed by the server"
     finally:
-        proto.close()
+        conn.close()
 
 
 async def run_websockets_client(
@@ -522,6 +363,7 @@ class Worker:
                             self.recorder,
                             cfg.url,
                             connect_timeout=cfg.connect_timeout_s,
+                            compression=cfg.compression,
                             stop=self.stop,
                         )
                     task = asyncio.ensure_future(connecting)
