@@ -79,9 +79,9 @@ DRAIN_TIMEOUT_S = 20.0
 """After the producer stops: time allowed for the projector and clients to catch up."""
 QUIET_S = 2.0
 """The drain also ends when nothing has moved for this long."""
-SNAPSHOT_SETTLE_S = 0.5
+SNAPSHOT_SETTLE_S = 1.2
 """Wait before reading the retained snapshots: the projector may hold the last one
-back for 1/snapshot_max_hz (0.2 s by default)."""
+back for 1/snapshot_max_hz (1 s by default)."""
 STOP_TIMEOUT_S = 10.0
 SAMPLE_INTERVAL_S = 0.5
 """How often CPU and memory of the components are sampled."""
@@ -259,6 +259,7 @@ def _producer_child(
     faults: FaultRates | None = None,
 ) -> None:
     _quiet_child()
+    from chequered import heap
     from simulator.live.faults import Injector
     from simulator.live.producer import ReplaySpec, run_producer
 
@@ -268,6 +269,7 @@ def _producer_child(
                    faults=Injector(race, faults) if faults is not None else None)
         for race, events in timelines.items()
     ]  # fmt: skip
+    heap.settle()  # the timelines stay to the end: out of the collector's way
     _send(conn, ("built", {s.race: len(s.events) for s in specs}))
 
     async def main() -> None:

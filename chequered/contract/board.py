@@ -20,7 +20,7 @@ CarStatus = Literal["running", "in_pit", "retired", "finished", "dns"]
 ResultStatus = Literal["classified", "not_classified", "retired", "disqualified", "dns"]
 
 
-class CarRow(Struct, kw_only=True, omit_defaults=True):
+class CarRow(Struct, kw_only=True, omit_defaults=True, gc=False):
     """One car on the leaderboard; every field a timing screen shows."""
 
     car: str
@@ -64,7 +64,7 @@ class CarRow(Struct, kw_only=True, omit_defaults=True):
     """Time added to the car's race time by a penalty."""
 
 
-class RaceMessage(Struct, kw_only=True, omit_defaults=True):
+class RaceMessage(Struct, kw_only=True, omit_defaults=True, gc=False):
     """A race-control message on the board (from a ``race_control`` event)."""
 
     seq: int
@@ -81,13 +81,13 @@ MESSAGES_KEPT = 30
 """Race-control messages a snapshot holds (the latest); a delta carries only new ones."""
 
 
-class FastLap(Struct, kw_only=True, omit_defaults=True):
+class FastLap(Struct, kw_only=True, omit_defaults=True, gc=False):
     car: str
     lap_ms: int
     lap: int
 
 
-class SessionView(Struct, kw_only=True, omit_defaults=True):
+class SessionView(Struct, kw_only=True, omit_defaults=True, gc=False):
     name: str = ""
     kind: Literal["race", "qualifying"] = "race"
     flag: Literal["green", "fcy", "red", "chequered"] = "green"
@@ -119,7 +119,9 @@ class SessionView(Struct, kw_only=True, omit_defaults=True):
     and ``session_close`` (``finished``) brings the official one."""
 
 
-class Snapshot(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="snapshot"):
+class Snapshot(
+    Struct, kw_only=True, omit_defaults=True, gc=False, tag_field="type", tag="snapshot"
+):
     race: str
     seq: int
     """Seq of the last event folded into this snapshot (0: none yet)."""
@@ -132,7 +134,7 @@ class Snapshot(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="
     """The latest ``MESSAGES_KEPT`` race-control messages, oldest first."""
 
 
-class CarPatch(Struct, kw_only=True, omit_defaults=True):
+class CarPatch(Struct, kw_only=True, omit_defaults=True, gc=False):
     """The fields of one car's row that changed: ``car``, then only what differs.
 
     A field left out is unchanged (``UNSET`` here); one present holds its new value,
@@ -172,7 +174,7 @@ class CarPatch(Struct, kw_only=True, omit_defaults=True):
     penalty_ms: int | UnsetType | None = UNSET
 
 
-class SessionPatch(Struct, kw_only=True, omit_defaults=True):
+class SessionPatch(Struct, kw_only=True, omit_defaults=True, gc=False):
     """The fields of the session view that changed; a field left out is unchanged.
 
     Fields as in ``SessionView``, in its order; ``fastest`` and ``classes`` come whole.
@@ -199,7 +201,7 @@ class SessionPatch(Struct, kw_only=True, omit_defaults=True):
     provisional: bool | UnsetType = UNSET
 
 
-class Delta(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="delta"):
+class Delta(Struct, kw_only=True, omit_defaults=True, gc=False, tag_field="type", tag="delta"):
     race: str
     seq: int
     prev_seq: int

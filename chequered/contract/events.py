@@ -26,7 +26,7 @@ SessionKind = Literal["race", "qualifying"]
 ResultStatus = Literal["classified", "not_classified", "retired", "disqualified", "dns"]
 
 
-class _Event(Struct, frozen=True, tag_field="kind", kw_only=True, omit_defaults=True):
+class _Event(Struct, frozen=True, gc=False, tag_field="kind", kw_only=True, omit_defaults=True):
     """Fields every event carries.
 
     ``seq`` is contiguous from 1 per race on the wire (the producer numbers
@@ -45,7 +45,7 @@ class _Event(Struct, frozen=True, tag_field="kind", kw_only=True, omit_defaults=
 # -- session facts ---------------------------------------------------------
 
 
-class EntryInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
+class EntryInfo(Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
     number: CarNumber
     cls: str
     team: str
@@ -55,7 +55,7 @@ class EntryInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
     tyre: str | None = None
 
 
-class SessionInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
+class SessionInfo(Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
     name: str
     series: str
     season: int
@@ -158,7 +158,7 @@ class Finish(_Event, frozen=True, kw_only=True, tag="finish"):
     lap: Annotated[int, Meta(ge=0)]
 
 
-class ResultRow(Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ResultRow(Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
     position: Position
     car: CarNumber
     cls: str
@@ -322,7 +322,7 @@ EVENT_TYPES: tuple[type[_Event], ...] = (
 )
 
 
-class Batch(Struct, frozen=True, tag_field="kind", tag="batch", kw_only=True):
+class Batch(Struct, frozen=True, gc=False, tag_field="kind", tag="batch", kw_only=True):
     """Several consecutive events of one race in one MQTT message.
 
     Used when the replay runs far ahead of real time, so that events per
