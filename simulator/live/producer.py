@@ -153,6 +153,9 @@ class _Race:
         """A new connection: the opening events (first time) or a resend, then the status."""
         self.bus = bus
         self.outbox.start(bus, self.feed.start(now))
+        # What is due at once (a paused race's events at race time 0) goes before the
+        # first status, so that the status counts it and a command's reply is not older.
+        self.outbox.events(bus, self.feed.take(now, self.settings.max_batch_events))
         self.publish_status(bus)
         self.last_state, self.next_status = self.feed.state, now + self.settings.status_interval_s
 
