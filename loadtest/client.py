@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import msgspec
 from hdrh.histogram import HdrHistogram
 
+from chequered import heap
 from loadtest.connection import MAX_MESSAGE_BYTES, OnMessage, SessionProtocol
 from loadtest.stats import (
     ClientResult,
@@ -472,6 +473,7 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
         with contextlib.suppress(OSError):
             os.nice(config.nice)
     raise_fd_limit()
+    heap.calm()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

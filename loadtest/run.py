@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import msgspec
 import psutil
 
-from chequered import log
+from chequered import heap, log
 from chequered.contract import control, topics
 from loadtest import plot as loadplot
 from loadtest.client import (
@@ -197,6 +197,7 @@ def _quiet_child() -> None:
     # Ctrl-C goes to the whole process group; the parent stops the children in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_fd_limit()
+    heap.calm()
     level = os.environ.get("CHEQUERED_LOAD_LOG", "warning")
     log.configure(level)
     _quiet_mqtt(level)
@@ -259,7 +260,6 @@ def _producer_child(
     faults: FaultRates | None = None,
 ) -> None:
     _quiet_child()
-    from chequered import heap
     from simulator.live.faults import Injector
     from simulator.live.producer import ReplaySpec, run_producer
 

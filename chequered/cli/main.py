@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from chequered import __version__
+from chequered import __version__, heap
 from chequered import log as logsetup
 
 # Modules that contribute commands, in the order their commands are listed.
@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logsetup.configure(args.log_level, json=True if args.log_json else None)
+    heap.calm()
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -35,13 +35,13 @@ class ProducerSettings:
     """Races whose messages share one MQTT connection (and one read of its PUBACKs).
     Each race of a shared connection also holds an idle connection of its own that
     carries its last will (MQTT has one will per connection)."""
-    tick_s: float = 0.05
-    """The producer's coalescing window: one scheduler serves every race and wakes at
-    most once per tick; what each race has due goes out together, as one message
-    where it can. An event goes out at most this late against its race's clock (at
-    60x, 3 s of race time; at 1x, nothing a viewer sees), and is stamped as it goes.
-    At 100 races at 60x: 52 µs of CPU per event at 5 ms, 38 at 20 ms, 19 at 50 ms
-    (docs/PERFORMANCE.md)."""
+    tick_s: float = 0.1
+    """The producer's coalescing window: each race sends what it has due at most once
+    per tick, as one message where it can, on a phase of its own within the tick (the
+    races spread over it: no burst of every race at once). An event goes out at most
+    this late against its race's clock (at 60x, 6 s of race time; at 1x, nothing a
+    viewer sees), and is stamped as it goes. At 100 races at 60x: 52 µs of CPU per
+    event at 5 ms, 38 at 20 ms, 19 at 50 ms, 13 at 100 ms (docs/PERFORMANCE.md)."""
     status_interval_s: float = 1.0
     """Status refresh while running; state changes and replies are published at once."""
     reconnect_min_s: float = 0.1

@@ -2,12 +2,12 @@
 
 A thin asyncio shell around ``simulator.feed.Feed`` (what goes out when) and
 ``simulator.outbox`` (batching, the window of publishes in flight, resend
-after a reconnect). One scheduler serves every race: it wakes when the
-earliest race falls due (at most once per ``tick_s``) and sends what every
-race has due, with no task or wait per message: an acknowledgement calls back
-into the race's outbox. Races share connections (``races_per_connection``);
-each race of a shared connection keeps an idle connection of its own for its
-last will. Settings: ``ProducerSettings`` (docs/OPERATIONS.md).
+after a reconnect). One scheduler serves every race: each race sends what it
+has due at most once per ``tick_s``, on a phase of its own within the tick
+(the races spread over it), with no task or wait per message: an
+acknowledgement calls back into the race's outbox. Races share connections
+(``races_per_connection``); each race of a shared connection keeps an idle
+connection of its own for its last will. Settings: ``ProducerSettings`` (docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import contextlib
 import functools
 import heapq
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -37,6 +38,8 @@ _log = log.get(__name__)
 
 __all__ = ["ProducerSettings", "ReplaySpec", "run_producer"]
 
+PHASES = 10
+"""Moments within a tick that the races are spread over (race n goes at n mod 10)."""
 STOP_DRAIN_S = 5.0
 """On a clean stop: how long the offline statuses may take to be acknowledged."""
 
@@ -81,6 +84,8 @@ async def run_producer(
         for s in replays
     ]
     scheduler = _Scheduler(settings)
+    for n, race in enumerate(races):
+        race.phase = (n % PHASES) * settings.tick_s / PHASES
     per = settings.races_per_connection
 
     def name(suffix: str) -> str:
@@ -126,6 +131,8 @@ class _Race:
     commands: deque[bytes] = field(default_factory=deque)
     last_state: ProducerState = "idle"
     next_status: float = 0.0
+    phase: float = 0.0
+    """Its moment within each tick (``_Scheduler.slot``)."""
     status_owed: bool = False
     """Its last will may have been published: say the live status again."""
     wake_at: float | None = None
@@ -226,8 +233,10 @@ class _Race:
 
 
 class _Scheduler:
-    """One timer for every race: wakes for the earliest due race (or a poke), at most
-    once per ``tick_s``, and steps every race that is due."""
+    """One timer for every race. Each race goes out at most once per ``tick_s``, on a
+    phase of its own within the tick (``PHASES`` of them), so that the races' messages
+    reach the broker and the consumers spread over the tick rather than as one burst;
+    a poke (a command, an acknowledgement, a connection) steps a race at once."""
 
     def __init__(self, settings: ProducerSettings) -> None:
         self.tick_s = settings.tick_s
@@ -247,34 +256,30 @@ class _Scheduler:
         if self.alarm is not None and not self.alarm.done():
             self.alarm.set_result(None)
 
+    def slot(self, race: _Race, when: float) -> float:
+        """The first moment at or after ``when`` on ``race``'s phase of the tick."""
+        tick = self.tick_s
+        if tick <= 0:
+            return when
+        return math.ceil((when - race.phase) / tick) * tick + race.phase
+
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         watcher = loop.create_task(stop.wait())
         watcher.add_done_callback(lambda _: self.wake())
         try:
             while not stop.is_set():
-                started = time.time()
-                self.step(started)
+                self.step(time.time())
                 if self.ready:
-                    delay: float | None = 0.0
-                elif self.timers:
-                    delay = self.timers[0][0] - time.time()
-                else:
-                    delay = None
-                if delay is not None:
-                    delay = max(delay, started + self.tick_s - time.time())
-                if delay is not None and delay <= 0:
                     await asyncio.sleep(0)
                     continue
                 self.alarm = loop.create_future()
-                timer = None if delay is None else loop.call_later(delay, self.wake)
+                timer = None
+                if self.timers:
+                    timer = loop.call_later(max(0.0, self.timers[0][0] - time.time()), self.wake)
                 await self.alarm
                 if timer is not None:
                     timer.cancel()
-                # A poke ends the wait at once; the tick still bounds the wake-ups.
-                rest = started + self.tick_s - time.time()
-                if rest > 0 and not stop.is_set():
-                    await asyncio.sleep(rest)
         finally:
             watcher.cancel()
 
@@ -297,7 +302,10 @@ class _Scheduler:
                 if lost is not None:
                     lost(error)
                 continue
-            if wake is not None and wake != race.wake_at:
+            if wake is None:
+                continue
+            wake = self.slot(race, wake)
+            if wake != race.wake_at:
                 race.wake_at = wake
                 heapq.heappush(timers, (wake, next(self.order), race))
 
