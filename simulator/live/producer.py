@@ -304,6 +304,11 @@ class _Scheduler:
                 continue
             if wake is None:
                 continue
+            if wake <= now:
+                # More is due at once (a batch was full: a race as fast as possible, a
+                # seek): its next batch goes on the next turn of the loop, not the tick.
+                ready[race] = None
+                continue
             wake = self.slot(race, wake)
             if wake != race.wake_at:
                 race.wake_at = wake

@@ -24,6 +24,7 @@ from chequered.contract import events as ev
 from chequered.contract.control import Status
 from consumers.metrics import Registry
 from consumers.projector.service import ProjectorSettings, run_projector
+from simulator.live.outbox import ProducerSettings
 from simulator.live.producer import ReplaySpec, run_producer
 from tests.broker.test_secure import secure_config, sessions, url
 from tests.conftest import requires_mosquitto
@@ -175,7 +176,10 @@ async def test_events_lost_to_a_taken_over_session_are_sent_again(mosquitto: Mos
                              settings=FAST, registry=registry)  # fmt: skip
 
     def produce(stop: asyncio.Event) -> object:
-        return run_producer(mosquitto.url, [ReplaySpec(race.race, timeline, speed=20)], stop=stop)
+        # A short tick: the race publishes every few ms, so that each takeover (as long
+        # as the projector's reconnect) has events published while it lasts.
+        return run_producer(mosquitto.url, [ReplaySpec(race.race, timeline, speed=20)],
+                            stop=stop, settings=ProducerSettings(tick_s=0.005))  # fmt: skip
 
     leaves = (topics.STATUS, topics.EVENTS, topics.STANDINGS, topics.CONTROL)
     async with running(project), connect(mosquitto.url) as reader:
