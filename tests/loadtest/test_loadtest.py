@@ -412,7 +412,6 @@ def test_clients_go_round_robin_over_races_and_processes() -> None:
     [
         (["--races", "0"], "--races 0"),
         (["--speed", "fast"], "is not a speed"),
-        (["--compression"], "--compression needs"),
         (["--recording", "no-such-race"], "no such recording"),
     ],
 )
