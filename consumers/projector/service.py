@@ -380,7 +380,7 @@ PUBLISH_TIMEOUT_S = 10.0
 
 
 class _Sender:
-    """Publishes at QoS 1 without a task or a wait per message, up to a bound.
+    """Publishes at each publication's QoS without a task or a wait per message, up to a bound.
 
     The bus writes packets in the order ``publish_nowait`` is called, so what
     is sent keeps its order; folding only waits when ``limit`` publications are

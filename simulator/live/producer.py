@@ -414,7 +414,6 @@ class _Line:
             bus, race.bus = race.bus, None
             if bus is not None:
                 race.publish_status(bus, offline=True)
-            race.outbox.on_room = check
             race.outbox.on_idle = check
         check()
         with contextlib.suppress(TimeoutError):
