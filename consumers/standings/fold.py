@@ -698,27 +698,61 @@ def _behind_fn(state: RaceState) -> Callable[[CarState, CarState], tuple[int | N
 _NONE_BEHIND: Final[tuple[int | None, int]] = (None, 0)
 
 
-def _row(
-    state: RaceState,
+Gaps = tuple[tuple[int | None, int], tuple[int | None, int], tuple[int | None, int],
+             tuple[int | None, int]]  # fmt: skip
+"""(gap, interval, class gap, class interval) of a row, each as (ms, laps)."""
+_Place = tuple[CarState | None, CarState | None, CarState | None, CarState | None, int]
+"""Of a place in the order: the leader, the car ahead, the class leader, the car ahead
+in class, and the class position."""
+
+
+def _gaps(
     car: CarState,
     i: int,
-    cpos: int,
     leader: CarState | None,
     prev: CarState | None,
     cleader: CarState | None,
     cprev: CarState | None,
     behind: Callable[[CarState, CarState], tuple[int | None, int]],
-) -> CarRow:
-    """The row of ``car`` at position ``i + 1`` (class position ``cpos``), from its own
-    state and that of the cars it is measured against: all a row depends on, besides
-    the fastest laps and the session's kind and lines."""
+) -> Gaps:
+    """What a row owes to the cars it is measured against: the leader, the car ahead, the
+    class leader and the car ahead in class (the only way they enter its row)."""
     gap = behind(car, leader) if leader is not None and i else _NONE_BEHIND
     interval = behind(car, prev) if prev is not None else _NONE_BEHIND
     if cprev is not None and cleader is not None:
-        cgap = behind(car, cleader)
-        cinterval = behind(car, cprev)
-    else:
-        cgap = cinterval = _NONE_BEHIND
+        return gap, interval, behind(car, cleader), behind(car, cprev)
+    return gap, interval, _NONE_BEHIND, _NONE_BEHIND
+
+
+def _regap(
+    car: CarState,
+    i: int,
+    place: _Place,
+    gaps: Gaps,
+    touched: set[str],
+    behind: Callable[[CarState, CarState], tuple[int | None, int]],
+) -> Gaps:
+    """``gaps`` of an untouched car that kept its ``place``, measured again against the
+    cars of it that were touched."""
+    leader, prev, cleader, cprev, _ = place
+    gap, interval, cgap, cinterval = gaps
+    if i and leader is not None and leader.car in touched:
+        gap = behind(car, leader)
+    if prev is not None and prev.car in touched:
+        interval = behind(car, prev)
+    if cprev is not None and cleader is not None:
+        if cleader.car in touched:
+            cgap = behind(car, cleader)
+        if cprev.car in touched:
+            cinterval = behind(car, cprev)
+    return gap, interval, cgap, cinterval
+
+
+def _row(state: RaceState, car: CarState, i: int, cpos: int, gaps: Gaps) -> CarRow:
+    """The row of ``car`` at position ``i + 1`` (class position ``cpos``), from its own
+    state and its ``gaps``: all a row depends on, besides the fastest laps and the
+    session's kind."""
+    gap, interval, cgap, cinterval = gaps
     cls = car.cls
     last = car.last_lap
     best_cls = state.fastest.get(cls)
@@ -776,7 +810,8 @@ def rows(state: RaceState, ordered: list[CarState] | None = None) -> list[CarRow
         cprev = class_prev.get(cls)
         if cprev is None:
             class_leader[cls] = car
-        out.append(_row(state, car, i, cpos, leader, prev, class_leader[cls], cprev, behind))
+        gaps = _gaps(car, i, leader, prev, class_leader[cls], cprev, behind)
+        out.append(_row(state, car, i, cpos, gaps))
         class_prev[cls] = car
         prev = car
     return out
@@ -784,25 +819,42 @@ def rows(state: RaceState, ordered: list[CarState] | None = None) -> list[CarRow
 
 class Board:
     """One race's rows kept from one snapshot to the next, so that a car's row is
-    rebuilt only when it can have changed.
+    rebuilt only when it changed.
 
-    A row depends on its car, its position and class position, and the cars it is
-    measured against (the leader, the car ahead, the class leader, the car ahead in
-    class), plus the fastest laps and the session's kind and lines. A row is kept
-    when none of the cars it depends on was touched since the last snapshot and
-    they are the same cars as then; everything is rebuilt when anything else
-    changed. ``snapshot`` then equals ``standings.snapshot`` (tests compare them
-    over whole races).
+    A row depends on its car, its position and class position, its gaps to the cars it
+    is measured against (the leader, the car ahead, the class leader, the car ahead in
+    class: ``_gaps``), and the fastest laps and the session's kind and lines. A row is
+    kept when its car was not touched since the last snapshot, it holds the same
+    positions behind the same cars as then, and, where one of those cars was touched,
+    its gaps to them come out the same (a car that crosses a line moves no gap of the
+    cars behind it until they cross it too); everything is rebuilt when anything else
+    changed. When no car changed places, only the touched cars and the cars measured
+    against them are looked at. ``snapshot`` then equals ``standings.snapshot`` (tests
+    compare them over whole races); ``rebuilt`` is how many rows the last one built.
     """
 
-    __slots__ = ("_fastest", "_overall", "_rows", "_shape", "_state")
+    __slots__ = (
+        "_fastest", "_gaps", "_index", "_members", "_messages", "_ordered", "_out",
+        "_overall", "_places", "_rows", "_shape", "_state", "rebuilt",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._state: RaceState | None = None
-        self._rows: dict[str, tuple[tuple[object, ...], CarRow]] = {}
+        self._rows: dict[str, tuple[tuple[object, ...], Gaps, CarRow]] = {}
         self._fastest: dict[str, Best] = {}
         self._overall: Best | None = None
         self._shape: tuple[object, ...] = ()
+        self._messages: tuple[tuple[int, int, int], list[RaceMessage]] = ((-1, -1, -1), [])
+        self._ordered: list[CarState] = []
+        """The order of the last snapshot, and per place in it:"""
+        self._out: list[CarRow] = []
+        self._gaps: list[Gaps] = []
+        self._places: list[_Place] = []
+        self._index: dict[str, int] = {}
+        """Car number to its place."""
+        self._members: dict[str, list[int]] = {}
+        """Per class, the places of its cars."""
+        self.rebuilt = 0
 
     def snapshot(self, state: RaceState, touched: set[str] | None) -> Snapshot:
         """The snapshot of ``state``; ``touched`` names every car whose state may have
@@ -823,22 +875,100 @@ class Board:
             self._overall = state.overall
             self._fastest = dict(state.fastest)
         ordered = order(state)
+        if cache and ordered == self._ordered:
+            out = self._in_place(state, touched)
+        else:
+            out = self._rebuild(state, ordered, cache, touched)
+        return Snapshot(
+            race=state.race,
+            seq=state.seq,
+            session=session_view(state, ordered),
+            cars=out,
+            wall=state.wall,
+            messages=self._said(state),
+        )
+
+    def _in_place(self, state: RaceState, touched: set[str]) -> list[CarRow]:
+        """The rows when every car kept its place: those of the touched cars rebuilt, and
+        of the cars measured against them where their gaps moved."""
+        ordered, index, members = self._ordered, self._index, self._members
+        whole: set[int] = set()
+        check: set[int] = set()
+        for number in touched:
+            t = index.get(number)
+            if t is None:
+                continue
+            whole.add(t)
+            if t == 0:
+                check.update(range(1, len(ordered)))  # everyone's gap to the leader
+                continue
+            check.add(t + 1)  # the interval of the car behind
+            mates = members[ordered[t].cls]
+            if mates[0] == t:
+                check.update(mates)  # the class gaps
+            else:
+                at = mates.index(t) + 1
+                if at < len(mates):
+                    check.add(mates[at])  # the class interval of the car behind in class
+        out, gaps_at, places = self._out, self._gaps, self._places
+        behind = _behind_fn(state)
+        rebuilt = 0
+        last = len(ordered)
+        for t in whole | check:
+            if t >= last:
+                continue
+            car = ordered[t]
+            place = places[t]
+            if t in whole:
+                leader, prev, cleader, cprev, _ = place
+                gaps = _gaps(car, t, leader, prev, cleader, cprev, behind)
+            else:
+                gaps = _regap(car, t, place, gaps_at[t], touched, behind)
+            if t in whole or gaps != gaps_at[t]:
+                cpos = place[4]
+                if rebuilt == 0:
+                    out = list(out)
+                out[t] = _row(state, car, t, cpos, gaps)
+                gaps_at[t] = gaps
+                number = car.car
+                self._rows[number] = (self._rows[number][0], gaps, out[t])
+                rebuilt += 1
+        self._out = out
+        self.rebuilt = rebuilt
+        return out
+
+    def _rebuild(
+        self,
+        state: RaceState,
+        ordered: list[CarState],
+        cache: dict[str, tuple[tuple[object, ...], Gaps, CarRow]],
+        touched: set[str],
+    ) -> list[CarRow]:
+        """The rows when cars changed places (or nothing is kept): each car's row kept
+        if its place, the cars it is measured against and its gaps to them are the same."""
         behind = _behind_fn(state)
         class_leader: dict[str, CarState] = {}
         class_prev: dict[str, CarState] = {}
         class_count: dict[str, int] = {}
-        fresh: dict[str, tuple[tuple[object, ...], CarRow]] = {}
+        members: dict[str, list[int]] = {}
+        fresh: dict[str, tuple[tuple[object, ...], Gaps, CarRow]] = {}
         out: list[CarRow] = []
+        gaps_at: list[Gaps] = []
+        places: list[_Place] = []
         leader = ordered[0] if ordered else None
         lead = leader.car if leader is not None else None
         lead_touched = lead in touched
         prev: CarState | None = None
+        rebuilt = 0
         for i, car in enumerate(ordered):
             cls = car.cls
             cpos = class_count[cls] = class_count.get(cls, 0) + 1
             cprev = class_prev.get(cls)
             if cprev is None:
                 class_leader[cls] = car
+                members[cls] = [i]
+            else:
+                members[cls].append(i)
             cleader = class_leader[cls]
             number = car.car
             key = (
@@ -850,31 +980,43 @@ class Board:
                 cprev.car if cprev is not None else None,
             )
             kept = cache.get(number)
-            if (
-                kept is not None
-                and kept[0] == key
-                and not lead_touched
-                and number not in touched
-                and key[3] not in touched
-                and key[4] not in touched
-                and key[5] not in touched
-            ):
-                row = kept[1]
+            if kept is not None and kept[0] == key and number not in touched:
+                gaps = kept[1]
+                row = kept[2]
+                if lead_touched or key[3] in touched or key[4] in touched or key[5] in touched:
+                    gaps = _regap(car, i, (leader, prev, cleader, cprev, cpos), gaps, touched,
+                                  behind)  # fmt: skip
+                    if gaps != kept[1]:
+                        row = _row(state, car, i, cpos, gaps)
+                        rebuilt += 1
             else:
-                row = _row(state, car, i, cpos, leader, prev, cleader, cprev, behind)
-            fresh[number] = (key, row)
+                gaps = _gaps(car, i, leader, prev, cleader, cprev, behind)
+                row = _row(state, car, i, cpos, gaps)
+                rebuilt += 1
+            fresh[number] = (key, gaps, row)
             out.append(row)
+            gaps_at.append(gaps)
+            places.append((leader, prev, cleader, cprev, cpos))
             class_prev[cls] = car
             prev = car
         self._rows = fresh
-        return Snapshot(
-            race=state.race,
-            seq=state.seq,
-            session=session_view(state, ordered),
-            cars=out,
-            wall=state.wall,
-            messages=messages(state),
-        )
+        self._ordered = ordered
+        self._out = out
+        self._gaps = gaps_at
+        self._places = places
+        self._index = {car.car: i for i, car in enumerate(ordered)}
+        self._members = members
+        self.rebuilt = rebuilt
+        return out
+
+    def _said(self, state: RaceState) -> list[RaceMessage]:
+        """``messages(state)``, built again only when a message was added or the feed
+        started again."""
+        said = state.messages
+        mark = (state.message_count, len(said), said[-1].seq if said else 0)
+        if mark != self._messages[0]:
+            self._messages = (mark, messages(state))
+        return self._messages[1]
 
 
 def messages(state: RaceState) -> list[RaceMessage]:
@@ -947,19 +1089,9 @@ def delta(previous: Snapshot, current: Snapshot) -> Delta | None:
     """
     if previous.race != current.race or current.seq <= previous.seq:
         return None
-    before = {row.car: row for row in previous.cars}
-    if len(before) != len(current.cars):
+    cars = _changed(previous.cars, current.cars)
+    if cars is None:
         return None
-    changed: list[CarPatch] = []
-    for row in current.cars:
-        old = before.get(row.car)
-        if old is None:
-            return None
-        patch = row_patch(old, row)
-        if patch is not None:
-            if patch.cls is not UNSET:
-                return None  # a class view would gain a car that a patch cannot give whole
-            changed.append(patch)
     said = previous.messages[-1].seq if previous.messages else 0
     new = [m for m in current.messages if m.seq > said]
     if add_messages(previous.messages, new) != current.messages:
@@ -969,7 +1101,37 @@ def delta(previous: Snapshot, current: Snapshot) -> Delta | None:
         seq=current.seq,
         prev_seq=previous.seq,
         session=session_patch(previous.session, current.session),
-        cars=changed,
+        cars=cars,
         wall=current.wall,
         messages=new,
     )
+
+
+def _changed(before: list[CarRow], after: list[CarRow]) -> list[CarPatch] | None:
+    """The patches of the rows, in their new order; None when the set of cars differs or
+    a car changed class. Rows kept from one board to the next are the same objects, and
+    most cars keep their places: compared by place first, by car where they moved."""
+    if before is after:
+        return []
+    if len(before) != len(after):
+        return None
+    by_car: dict[str, CarRow] | None = None
+    changed: list[CarPatch] = []
+    for old, row in zip(before, after, strict=True):
+        if old is row:
+            continue
+        if old.car != row.car:
+            if by_car is None:
+                by_car = {r.car: r for r in before}
+            found = by_car.get(row.car)
+            if found is None:
+                return None
+            if found is row:
+                continue
+            old = found
+        patch = row_patch(old, row)
+        if patch is not None:
+            if patch.cls is not UNSET:
+                return None  # a class view would gain a car that a patch cannot give whole
+            changed.append(patch)
+    return changed

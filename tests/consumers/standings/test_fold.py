@@ -704,3 +704,37 @@ def test_a_kept_board_equals_the_whole_board_over_a_real_race(every: int, part: 
     stream = [*events, reset, *again]
     # Most rows are kept from one snapshot to the next: what makes it worth it.
     assert _kept_boards_agree(stream, every=every) > len(stream) // every * 10
+
+
+def _field_on_lap_two() -> Script:
+    s = Script([("1", "P"), ("2", "P"), ("3", "P"), ("4", "G"), ("5", "G")], lines=3)
+    for d in range(1, 5):
+        for n, car in enumerate(("1", "2", "3", "4", "5")):
+            s.cross(car, d, d * 30_000 + n * 2_000)
+    return s
+
+
+def test_a_kept_board_rebuilds_only_the_car_that_crossed_when_no_one_moved() -> None:
+    s = _field_on_lap_two()
+    state = fold(s.events)
+    kept = Board()
+    kept.snapshot(state, None)
+    assert kept.rebuilt == 5
+    s.cross("1", 5, 5 * 30_000)  # the leader: everyone's gap is looked at, none moves
+    apply(state, s.events[-1])
+    assert kept.snapshot(state, {"1"}) == snapshot(state)
+    assert kept.rebuilt == 1
+    for car, t in (("2", 152_000), ("3", 154_000)):  # each passes no one: its own row
+        s.cross(car, 5, t)
+        apply(state, s.events[-1])
+        assert kept.snapshot(state, {car}) == snapshot(state)
+        assert kept.rebuilt == 1
+
+
+def test_a_late_crossing_of_the_car_ahead_moves_the_interval_of_the_car_behind() -> None:
+    s = _field_on_lap_two()
+    assert board(s.events)["3"].interval_ms == 2_000
+    s.cross("2", 4, 4 * 30_000 + 1_500)  # #2's time at line 4 comes again, corrected
+    assert _kept_boards_agree(s.events) > 0
+    rows = board(s.events)
+    assert rows["3"].interval_ms == 2_500 and rows["3"].class_interval_ms == 2_500
