@@ -43,10 +43,22 @@ Note = tuple[str, dict[str, object]]
 """Something the shell should log: an event name and its fields."""
 
 
+UNAPPLIED_MAX = 64
+"""Deltas kept unapplied on a race's snapshot at most (the next live snapshot replaces
+them, about once a second; past this they are applied, to bound the memory)."""
+
+
 @dataclass(eq=False)
 class RaceCache:
+    """What the gateway knows of one race. Its standings are a snapshot and the deltas
+    that followed it, applied only when a whole board is wanted (a client joins or falls
+    out of step): a delta in step is forwarded as received, and about once a second the
+    projector's live snapshot of the same seq takes the place of all of them."""
+
     race: str
-    snapshot: board.Snapshot | None = None
+    base: board.Snapshot | None = None
+    unapplied: list[board.Delta] = field(default_factory=list)
+    """Deltas chained on ``base``, in order, not yet applied."""
     meta: Any = None
     status: control.Status | None = None
     stale: bool = False
@@ -61,14 +73,52 @@ class RaceCache:
     """A live snapshot ahead of the cache, held for the delta that follows it."""
     pending_timer: Cancel | None = None
 
+    @property
+    def snapshot(self) -> board.Snapshot | None:
+        """The race's standings as of the last delta (None: none received yet)."""
+        if self.unapplied:
+            snapshot = self.base
+            assert snapshot is not None
+            for delta in self.unapplied:
+                snapshot = board.apply_delta(snapshot, delta)
+            self.base = snapshot
+            self.unapplied.clear()
+        return self.base
+
+    @snapshot.setter
+    def snapshot(self, value: board.Snapshot | None) -> None:
+        self.base = value
+        self.unapplied.clear()
+
+    @property
+    def seq(self) -> int | None:
+        """The seq of the standings, without applying anything."""
+        if self.unapplied:
+            return self.unapplied[-1].seq
+        return None if self.base is None else self.base.seq
+
+    def follow(self, delta: board.Delta) -> None:
+        """``delta`` chains on the standings: they now end with it."""
+        self.unapplied.append(delta)
+        if len(self.unapplied) > UNAPPLIED_MAX:
+            _ = self.snapshot
+
+    def wall(self) -> float:
+        """The wall time of the standings, as ``apply_delta`` keeps it."""
+        for delta in reversed(self.unapplied):
+            if delta.wall:
+                return delta.wall
+        return 0.0 if self.base is None else self.base.wall
+
     def known(self) -> bool:
-        return self.snapshot is not None or self.meta is not None or self.status is not None
+        return self.base is not None or self.meta is not None or self.status is not None
 
     def classes(self) -> list[str]:
-        if self.snapshot is None:
+        if self.base is None:
             return []
-        seen = list(self.snapshot.session.classes)
-        for row in self.snapshot.cars:
+        # A class changes only with a snapshot (a delta cannot carry it): the base has them.
+        seen = list(self.base.session.classes)
+        for row in self.base.cars:
             if row.cls not in seen:
                 seen.append(row.cls)
         return seen
@@ -166,14 +216,14 @@ class Races:
         snapshot = board.decode_snapshot(payload)
         if snapshot.race != cache.race:
             raise board.SeqMismatch(f"snapshot of race {snapshot.race!r} on {cache.race!r}")
-        current = cache.snapshot
-        if current is not None:
-            if snapshot.seq == current.seq:
+        seq = cache.seq
+        if seq is not None:
+            if snapshot.seq == seq:
                 return
-            if snapshot.seq < current.seq:
+            if snapshot.seq < seq:
                 # An older copy (re-read after a gap, or on reconnect) is not news, unless it
                 # comes from a newer run of the race (seq restarted, later wall time).
-                if snapshot.wall <= current.wall:
+                if snapshot.wall <= cache.wall():
                     return
             elif not (cache.stale or retained):
                 # The projector publishes a live snapshot just before the delta of the same
@@ -209,7 +259,8 @@ class Races:
         pending = cache.pending
         if pending is None:
             return
-        if cache.snapshot is not None and pending[0].seq <= cache.snapshot.seq:
+        seq = cache.seq
+        if seq is not None and pending[0].seq <= seq:
             self._drop_pending(cache)
             return
         self._adopt(cache, *pending)
@@ -234,33 +285,37 @@ class Races:
         cache.backlog.append((delta.seq, delta.prev_seq, payload))
         while len(cache.backlog) > self.settings.delta_backlog:
             cache.backlog.popleft()
-        snapshot = cache.snapshot
-        if snapshot is not None and delta.seq <= snapshot.seq:
+        seq = cache.seq
+        if seq is not None and delta.seq <= seq:
             return None  # already folded into the snapshot
-        if snapshot is not None and delta.prev_seq == snapshot.seq:
-            self._forward(cache, snapshot, delta, payload)
-            if cache.pending is not None and cache.pending[0].seq <= delta.seq:
+        if seq is not None and delta.prev_seq == seq:
+            self._forward(cache, delta, payload)
+            pending = cache.pending
+            if pending is not None and pending[0].seq <= delta.seq:
+                if pending[0].seq == delta.seq:
+                    # The projector's board at this seq: it replaces the deltas unapplied.
+                    cache.snapshot = pending[0]
+                    cache.encoded = {None: pending[1]}
                 self._drop_pending(cache)
             return None
+        at = seq
         if cache.pending is not None:
             self.adopt_pending(cache)  # replays this delta too when it chains on the snapshot
-            if cache.snapshot is not None and cache.snapshot.seq >= delta.seq:
+            seq = cache.seq
+            if seq is not None and seq >= delta.seq:
                 return None
         note: Note | None = None
         if not cache.stale:
             self.counts.gaps.inc()
-            at = None if snapshot is None else snapshot.seq
             fields = {"race": cache.race, "at": at, "delta": delta.seq, "prev_seq": delta.prev_seq}
             note = ("standings_gap", dict(fields))
         cache.stale = True
         self.timers.resync()
         return note
 
-    def _forward(
-        self, cache: RaceCache, snapshot: board.Snapshot, delta: board.Delta, payload: bytes
-    ) -> None:
-        """Apply a delta that follows the cache and pass it on to each subscriber."""
-        cache.snapshot = board.apply_delta(snapshot, delta)
+    def _forward(self, cache: RaceCache, delta: board.Delta, payload: bytes) -> None:
+        """Take a delta that follows the cache and pass it on to each subscriber."""
+        cache.follow(delta)
         cache.encoded.clear()
         cache.stale = False
         race = cache.race
@@ -275,7 +330,8 @@ class Races:
             if frame is None:
                 # A car's patch names its class only when that changed: the board knows it.
                 if classes is None:
-                    classes = {row.car: row.cls for row in cache.snapshot.cars}
+                    assert cache.base is not None  # the delta chains on it
+                    classes = {row.car: row.cls for row in cache.base.cars}
                 cars = [p for p in delta.cars if classes.get(p.car) == sub.cls]
                 data = board.encode(msgspec.structs.replace(delta, cars=cars))
                 frame = by_class[sub.cls] = Frame("delta", data, race)

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pytest
 
 from chequered.contract import board, control, topics
 from consumers.gateway.core.admission import Admission
-from consumers.gateway.core.cache import Races
+from consumers.gateway.core.cache import UNAPPLIED_MAX, Races
 from consumers.gateway.core.requests import Requests, parse_request
 from consumers.gateway.core.session import (
     Counts,
@@ -265,6 +266,60 @@ def test_a_live_snapshot_waits_for_its_delta_then_goes_out_after_the_grace() -> 
     assert frames(session) == []
     core.timers.fire()
     assert [f["type"] for f in frames(session)] == ["snapshot"]
+
+
+def unstamped(snapshot: board.Snapshot) -> board.Snapshot:
+    """The board without the wall time it was stamped with."""
+    return msgspec.structs.replace(snapshot, wall=0.0)
+
+
+def test_deltas_in_step_are_applied_only_when_a_whole_board_is_wanted() -> None:
+    core = Core()
+    ticker = Ticker("core-lazy")
+    core.publish(ticker)
+    session, _ = core.session()
+    core.ask(session, {"op": "subscribe", "race": "core-lazy"})
+    for _ in range(UNAPPLIED_MAX):
+        core.publish(ticker, step=True)
+    assert len(frames(session)) == UNAPPLIED_MAX
+    cache = core.races.get("core-lazy")
+    assert cache is not None and len(cache.unapplied) == UNAPPLIED_MAX
+    assert cache.seq == ticker.seq and cache.base is not None and cache.base.seq == 1
+    # A client that joins now gets the board applied to the last seq, as the projector has it.
+    late, _ = core.session()
+    [snap] = core.ask(late, {"op": "subscribe", "race": "core-lazy"})
+    assert unstamped(board.decode_snapshot(json.dumps(snap).encode())) == unstamped(
+        ticker.snapshot()
+    )
+    assert cache.unapplied == []
+    # And the unapplied deltas stay bounded when nobody asks.
+    for _ in range(UNAPPLIED_MAX + 1):
+        core.publish(ticker, step=True)
+    assert len(cache.unapplied) <= UNAPPLIED_MAX and cache.seq == ticker.seq
+    assert cache.snapshot is not None
+    assert unstamped(cache.snapshot) == unstamped(ticker.snapshot())
+
+
+def test_the_live_snapshot_of_a_delta_s_seq_takes_the_place_of_the_deltas_unapplied() -> None:
+    core = Core()
+    ticker = Ticker("core-rebase")
+    core.publish(ticker)
+    session, _ = core.session()
+    core.ask(session, {"op": "subscribe", "race": "core-rebase"})
+    for _ in range(3):
+        core.publish(ticker, step=True)
+    delta = ticker.step()
+    live = board.encode(ticker.snapshot())
+    core.races.on_message(
+        topics.topic("core-rebase", topics.STANDINGS), live, retained=False, now=core.now
+    )
+    topic = topics.topic("core-rebase", topics.STANDINGS_DELTA)
+    core.races.on_message(topic, board.encode(delta), retained=False, now=core.now)
+    cache = core.races.get("core-rebase")
+    assert cache is not None and cache.unapplied == []
+    assert cache.base == board.decode_snapshot(live)
+    assert cache.encoded == {None: live}  # a joining client gets the projector's own bytes
+    assert [f["type"] for f in frames(session)] == ["delta"] * 4
 
 
 def test_held_subscribes_do_not_use_up_max_races() -> None:
