@@ -16,6 +16,7 @@ import contextlib
 import importlib.metadata
 import re
 import select
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
@@ -42,6 +43,10 @@ CLIENT_FIELDS: Final = ("_client", "_loop", "_queue", "_disconnected", "_misc_ta
 """aiomqtt ``Client`` instance attributes read here."""
 PAHO_METHODS: Final = ("loop_read", "loop_write", "socket", "manual_ack_set", "ack")
 """paho ``Client`` methods used through aiomqtt's paho client."""
+PAHO_FIELDS: Final = ("_out_packet",)
+"""paho ``Client`` instance attributes read here (the packets waiting to be written)."""
+TCP_CORK: Final = getattr(socket, "TCP_CORK", None)
+"""Linux's option to hold a TCP socket's partial segments until it is cleared."""
 
 READ_BURST: Final = 16
 """Most MQTT packets read from the socket per wake-up of the event loop. Bursts of this
@@ -83,9 +88,22 @@ def check_class(cls: type = aiomqtt.Client) -> None:
     require(paho.Client, PAHO_METHODS, what="paho-mqtt under aiomqtt")
 
 
-def check_client(client: object) -> None:
+def check_client(client: aiomqtt.Client) -> None:
     """The check of a client just made: the private attributes read from it."""
     require(client, CLIENT_FIELDS)
+    require(client._client, PAHO_FIELDS, what="paho-mqtt under aiomqtt")
+
+
+def corked(sock: object, on: bool) -> bool:
+    """Set (or clear) TCP_CORK on ``sock``; False where it has none (not TCP, not Linux)."""
+    setsockopt = getattr(sock, "setsockopt", None)
+    if TCP_CORK is None or setsockopt is None:
+        return False
+    try:
+        setsockopt(socket.IPPROTO_TCP, TCP_CORK, 1 if on else 0)
+    except OSError:
+        return False
+    return True
 
 
 class BurstClient(aiomqtt.Client):
@@ -152,12 +170,23 @@ class BurstClient(aiomqtt.Client):
         # and open when the loop gets to it: a burst read can see the connection close
         # after a packet that asked for a write, and its descriptor may be reused.
         fd = sock.fileno()
+        waiting = client._out_packet
+        cork = [TCP_CORK is not None]
 
         def write() -> None:
+            # paho sends each packet with a send() of its own: several waiting (a flush's
+            # publications and acknowledgements) go out corked, in as few segments as fit,
+            # and the broker reads them with one wake-up.
+            hold = cork[0] and len(waiting) > 1
+            if hold:
+                hold = cork[0] = corked(sock, True)
             try:
                 client.loop_write()
             except Exception as exc:
                 self._broken(exc)
+            finally:
+                if hold:
+                    corked(sock, False)
 
         def add() -> None:
             if client.socket() is sock and sock.fileno() == fd:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import socket
 import tomllib
 
 import pytest
@@ -46,7 +47,7 @@ class _StandIn:
 
 def test_a_missing_attribute_is_named_in_one_clear_error() -> None:
     with pytest.raises(BusError) as caught:
-        internals.check_client(_StandIn())
+        internals.check_client(_StandIn())  # type: ignore[arg-type]
     message = str(caught.value)
     assert "lacks _queue, _disconnected, _misc_task" in message
     assert f"aiomqtt {importlib.metadata.version('aiomqtt')}" in message
@@ -65,3 +66,32 @@ def test_no_module_outside_it_names_aiomqtt_or_paho_internals() -> None:
         text = path.read_text()
         for name in ("._client", "._disconnected", "_misc_", "_on_socket", "paho"):
             assert name not in text, f"{path.name} uses {name}: keep it in aiomqtt_internals.py"
+
+
+class _PahoStandIn:
+    pass
+
+
+class _ClientStandIn:
+    _client = _PahoStandIn()
+    _loop = _queue = _disconnected = _misc_task = object()
+
+
+def test_a_paho_client_without_its_packet_queue_is_named() -> None:
+    with pytest.raises(BusError, match=r"paho-mqtt under aiomqtt .* lacks _out_packet"):
+        internals.check_client(_ClientStandIn())  # type: ignore[arg-type]
+
+
+def test_cork_is_set_and_cleared_on_tcp_and_refused_elsewhere() -> None:
+    if internals.TCP_CORK is None:
+        pytest.skip("no TCP_CORK on this system")
+    server = socket.create_server(("127.0.0.1", 0))
+    with server, socket.create_connection(server.getsockname()) as tcp:
+        assert internals.corked(tcp, True)
+        assert tcp.getsockopt(socket.IPPROTO_TCP, internals.TCP_CORK) == 1
+        assert internals.corked(tcp, False)
+        assert tcp.getsockopt(socket.IPPROTO_TCP, internals.TCP_CORK) == 0
+    left, right = socket.socketpair()
+    with left, right:
+        assert not internals.corked(left, True)  # a Unix socket has no TCP options
+    assert not internals.corked(object(), True)
