@@ -219,6 +219,11 @@ class Races:
         seq = cache.seq
         if seq is not None:
             if snapshot.seq == seq:
+                if cache.unapplied:
+                    # The projector's board at the last delta's seq (it publishes the
+                    # delta, then this): it replaces the deltas unapplied.
+                    cache.snapshot = snapshot
+                    cache.encoded = {None: payload}
                 return
             if snapshot.seq < seq:
                 # An older copy (re-read after a gap, or on reconnect) is not news, unless it

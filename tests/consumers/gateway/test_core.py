@@ -322,6 +322,24 @@ def test_the_live_snapshot_of_a_delta_s_seq_takes_the_place_of_the_deltas_unappl
     assert [f["type"] for f in frames(session)] == ["delta"] * 4
 
 
+def test_the_snapshot_that_follows_its_delta_takes_the_place_of_the_deltas_unapplied() -> None:
+    core = Core()
+    ticker = Ticker("core-after")
+    core.publish(ticker)
+    session, _ = core.session()
+    core.ask(session, {"op": "subscribe", "race": "core-after"})
+    for _ in range(3):
+        core.publish(ticker, step=True)
+    live = board.encode(ticker.snapshot())  # the projector's order: the delta, then this
+    core.races.on_message(
+        topics.topic("core-after", topics.STANDINGS), live, retained=False, now=core.now
+    )
+    cache = core.races.get("core-after")
+    assert cache is not None and cache.unapplied == []
+    assert cache.base == board.decode_snapshot(live) and cache.encoded == {None: live}
+    assert [f["type"] for f in frames(session)] == ["delta"] * 3  # nothing more to send
+
+
 def test_held_subscribes_do_not_use_up_max_races() -> None:
     core = Core(max_races=2)
     core.requests.start_grace()
