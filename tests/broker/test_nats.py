@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
+
+from broker import nats
 from broker.nats import not_whole
 
 NODES = ("n1", "n2", "n3")
@@ -99,3 +102,23 @@ def test_a_member_that_does_not_report_the_group_yet_is_waited_for() -> None:
     reports = {me: report(me, streams) for me in NODES}
     reports["n2"]["account_details"] = []  # restarted: the leader still counts it current
     assert not_whole(reports) == "stream $MQTT_msgs: n2 does not report it yet"
+
+
+@pytest.mark.parametrize(
+    ("text", "release"),
+    [("nats-server: v2.15.1\n", (2, 15, 1)), ("nats-server: v2.9.10", (2, 9, 10))],
+)
+def test_the_release_is_read_from_the_version_line(text: str, release: tuple[int, ...]) -> None:
+    assert nats.parse_release(text) == release
+
+
+def test_a_version_line_without_a_release_is_named() -> None:
+    with pytest.raises(nats.NatsError, match="no nats-server release number in 'garbage'"):
+        nats.parse_release("garbage\n")
+
+
+def test_the_installed_nats_server_is_a_steady_release() -> None:
+    executable = nats.binary()
+    if executable is None:
+        pytest.skip("nats-server is not installed")
+    assert nats.release(executable)[:2] >= nats.STEADY_RELEASE
