@@ -33,6 +33,7 @@ BENCHES: dict[str, str] = {
     "pipeline": "bench.bench_pipeline",
     "fanout": "bench.bench_fanout",
     "memory": "bench.bench_memory",
+    "sockets": "bench.bench_sockets",
     "loadtest": "bench.run",
 }
 """Name to module; ``loadtest`` is run by this module itself."""
