@@ -849,6 +849,11 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
                     )
                 )
             children += projectors + gateways
+            # The projectors subscribe before the producer starts: a race's session_open
+            # published before a projector's session exists never reaches it (it would
+            # join the race midway, from the retained meta, with seqs missing).
+            for child in projectors:
+                await _wait_for(child, "ready", READY_TIMEOUT_S)
         # Not a daemon: it builds the timelines in a pool of processes of its own.
         producer = _spawn(
             "producer",
@@ -863,8 +868,6 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
         )
         children.append(producer)
         if own:
-            for child in projectors:
-                await _wait_for(child, "ready", READY_TIMEOUT_S)
             for child in gateways:
                 port = await _wait_for(child, "ready", READY_TIMEOUT_S)
         timeline_sizes: dict[str, int] = await _wait_for(producer, "built", BUILD_TIMEOUT_S)
