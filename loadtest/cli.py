@@ -160,8 +160,15 @@ def register(subparsers: Any) -> None:
         "--loop",
         choices=["asyncio", "uvloop"],
         default="asyncio",
-        help="event loop of every process the test starts (default asyncio; uvloop needs "
-        "pip install uvloop)",
+        help="event loop of the processes under test, and of the clients too when uvloop "
+        "(default asyncio; uvloop needs pip install uvloop)",
+    )
+    scale.add_argument(
+        "--client-loop",
+        choices=["asyncio", "uvloop"],
+        default=None,
+        help="event loop of the load generator's client processes (default uvloop where "
+        "installed, else asyncio: the clients share the machine with what they measure)",
     )
     load = parser.add_argument_group("offered load over time")
     load.add_argument(
@@ -239,6 +246,7 @@ def _run(args: argparse.Namespace) -> int:
         gateways=args.gateways,
         projector_settings=tuple(_setting(text) for text in args.projector_setting or ()),
         event_loop=args.loop,
+        client_loop=args.client_loop,
     )
     try:
         report = loadtest.run(config)

@@ -76,6 +76,9 @@ class Assignment:
     cls: str | None = None
 
 
+EventLoop = Literal["asyncio", "uvloop"]
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     worker: int
@@ -93,16 +96,28 @@ class WorkerConfig:
     """Open loop: this process's clients connect at this many per second from its start,
     each when its time comes whether or not the ones before it got in; None connects
     them all at once (at most ``connect_concurrency`` handshakes in flight)."""
+    loop: EventLoop = "asyncio"
+    """This process's event loop."""
 
 
 LOOP_ENV = "CHEQUERED_LOAD_LOOP"
-"""Event loop of every process the load test starts: ``asyncio`` (default) or ``uvloop``."""
-EventLoop = Literal["asyncio", "uvloop"]
+"""Event loop of the processes the load test starts: ``asyncio`` (default) or ``uvloop``."""
 
 
-def run_child(main: Coroutine[Any, Any, None]) -> None:
-    """``asyncio.run(main)`` on the loop the load test was told to use (``LOOP_ENV``)."""
-    if os.environ.get(LOOP_ENV) == "uvloop":
+def default_client_loop() -> EventLoop:
+    """The load generator's own loop: uvloop where it is installed (its clients share the
+    machine with what they measure, and spend less per frame on it), else asyncio."""
+    try:
+        import uvloop  # noqa: F401
+    except ModuleNotFoundError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_child(main: Coroutine[Any, Any, None], loop: EventLoop | None = None) -> None:
+    """``asyncio.run(main)`` on ``loop``, else on the loop the load test was told to use
+    (``LOOP_ENV``)."""
+    if (loop or os.environ.get(LOOP_ENV)) == "uvloop":
         import uvloop
 
         # One event loop per process: the per-wake-up cost of a socket is what the
@@ -491,7 +506,7 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
         await worker.run(commands)
         loop.remove_reader(conn.fileno())
 
-    run_child(main())
+    run_child(main(), config.loop)
     conn.close()
 
 

@@ -47,6 +47,7 @@ from loadtest.client import (
     ClientImpl,
     EventLoop,
     WorkerConfig,
+    default_client_loop,
     raise_fd_limit,
     run_child,
     worker_main,
@@ -153,10 +154,20 @@ class LoadConfig:
     gateways: int = 1
     """Gateway processes sharing the one port (SO_REUSEPORT)."""
     projector_settings: tuple[tuple[str, str], ...] = ()
-    event_loop: EventLoop = "asyncio"
-    """Event loop of every process started (producer, projector, gateway, clients)."""
     """``ProjectorSettings`` fields to change, as (name, value) text: to measure one
     setting (a coalescing window, an acknowledgement window) against another."""
+    event_loop: EventLoop = "asyncio"
+    """Event loop of the processes under test (producer, projector, gateway), and of the
+    clients too when it is uvloop."""
+    client_loop: EventLoop | None = None
+    """Event loop of the load generator's client processes; None: uvloop where it is
+    installed (``default_client_loop``), else ``event_loop``."""
+
+    @property
+    def clients_loop(self) -> EventLoop:
+        if self.client_loop is not None:
+            return self.client_loop
+        return "uvloop" if self.event_loop == "uvloop" else default_client_loop()
 
     @property
     def mode(self) -> str:
@@ -760,11 +771,11 @@ def run(config: LoadConfig) -> dict[str, Any]:
     if config.target_mqtt:
         config = dataclasses.replace(config, clients=0)  # the probe reads; nobody connects
     _quiet_mqtt(os.environ.get("CHEQUERED_LOAD_LOG", "warning"))
-    if config.event_loop == "uvloop":
+    if "uvloop" in (config.event_loop, config.client_loop):
         try:
             import uvloop  # noqa: F401
         except ModuleNotFoundError:
-            raise LoadTestError("--loop uvloop: pip install uvloop") from None
+            raise LoadTestError("--loop/--client-loop uvloop: pip install uvloop") from None
     # Spawned processes inherit the environment: each reads its loop from it.
     previous = os.environ.get(LOOP_ENV)
     os.environ[LOOP_ENV] = config.event_loop
@@ -895,6 +906,7 @@ async def _run(config: LoadConfig) -> dict[str, Any]:
                 interval_s=config.interval_s,
                 nice=config.client_nice,
                 connect_rate=config.connect_rate / workers if config.connect_rate else None,
+                loop=config.clients_loop,
             )
             client_children.append(_spawn_workers(w, cfg))
 
@@ -1281,6 +1293,7 @@ def build_report(
         if f.name != "progress" and not callable(v := getattr(config, f.name))
     }
     config_view["client_workers"] = workers
+    config_view["client_loop"] = config.clients_loop
     config_view["broker"] = url
 
     def rate(count: float, span: float) -> float:

@@ -90,3 +90,38 @@ def test_a_child_runs_on_the_event_loop_it_was_told(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(client.LOOP_ENV, "asyncio")
     client.run_child(main())
     assert seen == ["uvloop", "asyncio"]
+
+
+def test_a_client_process_runs_on_its_own_loop_whatever_the_others_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from loadtest import client
+
+    seen: list[str] = []
+
+    async def main() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+
+    monkeypatch.setenv(client.LOOP_ENV, "asyncio")
+    client.run_child(main(), "uvloop")
+    monkeypatch.setenv(client.LOOP_ENV, "uvloop")
+    client.run_child(main(), "asyncio")
+    assert seen == ["uvloop", "asyncio"]
+
+
+@pytest.mark.parametrize(
+    ("event_loop", "client_loop", "clients"),
+    [
+        ("asyncio", None, "uvloop"),  # the load generator's own default, uvloop installed
+        ("asyncio", "asyncio", "asyncio"),
+        ("uvloop", None, "uvloop"),
+        ("uvloop", "asyncio", "asyncio"),
+    ],
+)
+def test_the_clients_loop_is_uvloop_unless_told_otherwise(
+    event_loop: str, client_loop: str | None, clients: str
+) -> None:
+    config = run.LoadConfig(event_loop=event_loop, client_loop=client_loop)  # type: ignore[arg-type]
+    assert config.clients_loop == clients
