@@ -268,19 +268,25 @@ def test_a_live_snapshot_waits_for_its_delta_then_goes_out_after_the_grace() -> 
     assert [f["type"] for f in frames(session)] == ["snapshot"]
 
 
+def in_step(race: str, deltas: int) -> tuple[Core, Ticker, Session]:
+    """A core with a client subscribed to ``race`` and ``deltas`` deltas forwarded to it."""
+    core = Core()
+    ticker = Ticker(race)
+    core.publish(ticker)
+    session, _ = core.session()
+    core.ask(session, {"op": "subscribe", "race": race})
+    for _ in range(deltas):
+        core.publish(ticker, step=True)
+    return core, ticker, session
+
+
 def unstamped(snapshot: board.Snapshot) -> board.Snapshot:
     """The board without the wall time it was stamped with."""
     return msgspec.structs.replace(snapshot, wall=0.0)
 
 
 def test_deltas_in_step_are_applied_only_when_a_whole_board_is_wanted() -> None:
-    core = Core()
-    ticker = Ticker("core-lazy")
-    core.publish(ticker)
-    session, _ = core.session()
-    core.ask(session, {"op": "subscribe", "race": "core-lazy"})
-    for _ in range(UNAPPLIED_MAX):
-        core.publish(ticker, step=True)
+    core, ticker, session = in_step("core-lazy", UNAPPLIED_MAX)
     assert len(frames(session)) == UNAPPLIED_MAX
     cache = core.races.get("core-lazy")
     assert cache is not None and len(cache.unapplied) == UNAPPLIED_MAX
@@ -301,13 +307,7 @@ def test_deltas_in_step_are_applied_only_when_a_whole_board_is_wanted() -> None:
 
 
 def test_the_live_snapshot_of_a_delta_s_seq_takes_the_place_of_the_deltas_unapplied() -> None:
-    core = Core()
-    ticker = Ticker("core-rebase")
-    core.publish(ticker)
-    session, _ = core.session()
-    core.ask(session, {"op": "subscribe", "race": "core-rebase"})
-    for _ in range(3):
-        core.publish(ticker, step=True)
+    core, ticker, session = in_step("core-rebase", 3)
     delta = ticker.step()
     live = board.encode(ticker.snapshot())
     core.races.on_message(
@@ -323,13 +323,7 @@ def test_the_live_snapshot_of_a_delta_s_seq_takes_the_place_of_the_deltas_unappl
 
 
 def test_the_snapshot_that_follows_its_delta_takes_the_place_of_the_deltas_unapplied() -> None:
-    core = Core()
-    ticker = Ticker("core-after")
-    core.publish(ticker)
-    session, _ = core.session()
-    core.ask(session, {"op": "subscribe", "race": "core-after"})
-    for _ in range(3):
-        core.publish(ticker, step=True)
+    core, ticker, session = in_step("core-after", 3)
     live = board.encode(ticker.snapshot())  # the projector's order: the delta, then this
     core.races.on_message(
         topics.topic("core-after", topics.STANDINGS), live, retained=False, now=core.now
