@@ -72,6 +72,8 @@ class RaceCache:
     pending: tuple[board.Snapshot, bytes] | None = None
     """A live snapshot ahead of the cache, held for the delta that follows it."""
     pending_timer: Cancel | None = None
+    _cars: tuple[board.Snapshot | None, frozenset[str]] = (None, frozenset())
+    """The cars of ``base`` (``follow`` checks each patch against them)."""
 
     @property
     def snapshot(self) -> board.Snapshot | None:
@@ -98,7 +100,19 @@ class RaceCache:
         return None if self.base is None else self.base.seq
 
     def follow(self, delta: board.Delta) -> None:
-        """``delta`` chains on the standings: they now end with it."""
+        """``delta`` chains on the standings: they now end with it. ``SeqMismatch`` (as
+        ``apply_delta`` would raise it, now rather than when the board is wanted) for a
+        patch of a car the board does not have: a delta never adds or removes a car."""
+        assert self.base is not None
+        if self._cars[0] is not self.base:
+            self._cars = (self.base, frozenset(row.car for row in self.base.cars))
+        on_board = self._cars[1]
+        for patch in delta.cars:
+            if patch.car not in on_board:
+                raise board.SeqMismatch(
+                    f"{delta.race}: delta {delta.seq} changes car {patch.car!r},"
+                    f" which the snapshot at seq {self.base.seq} does not have"
+                )
         self.unapplied.append(delta)
         if len(self.unapplied) > UNAPPLIED_MAX:
             _ = self.snapshot

@@ -306,6 +306,21 @@ def test_deltas_in_step_are_applied_only_when_a_whole_board_is_wanted() -> None:
     assert unstamped(cache.snapshot) == unstamped(ticker.snapshot())
 
 
+def test_a_delta_for_a_car_the_board_lacks_is_refused_though_it_is_not_applied_yet() -> None:
+    core, ticker, session = in_step("core-forged", 2)
+    assert len(frames(session)) == 2
+    forged = msgspec.structs.replace(ticker.step(), cars=[board.CarPatch(car="999", laps=3)])
+    topic = topics.topic("core-forged", topics.STANDINGS_DELTA)
+    note = core.races.on_message(topic, board.encode(forged), retained=False, now=core.now)
+    assert note is not None and note[0] == "bad_payload" and "'999'" in str(note[1]["error"])
+    assert core.counts.bad_payloads.value == 1 and frames(session) == []
+    cache = core.races.get("core-forged")
+    assert cache is not None and cache.seq == ticker.seq - 1 and len(cache.unapplied) == 2
+    late, _ = core.session()
+    [snap] = core.ask(late, {"op": "subscribe", "race": "core-forged"})
+    assert snap["seq"] == ticker.seq - 1 and all(r["car"] != "999" for r in snap["cars"])
+
+
 def test_the_live_snapshot_of_a_delta_s_seq_takes_the_place_of_the_deltas_unapplied() -> None:
     core, ticker, session = in_step("core-rebase", 3)
     delta = ticker.step()
