@@ -143,9 +143,9 @@ def _board_seq(topic: str, payload: bytes) -> int:
 
 
 async def _through_broker(batches: list[bytes], race: str, last_seq: int) -> float:
-    """Seconds from the first events message published to the delta of the last seq
-    received, through a private Mosquitto and ``chequered project`` (its own process,
-    with checkpoints)."""
+    """Seconds from the first events message published to the board (delta or snapshot)
+    of the last seq received, through a private Mosquitto and ``chequered project`` (its
+    own process, with checkpoints)."""
     import asyncio
 
     from broker.bus import connect
@@ -246,7 +246,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     if quick:
         monterey, laguna = monterey[:20_000], laguna[:5_000]
         # End on a lap, which every board shows: the run through the broker waits for the
-        # delta of the last seq, and an event no reader sees (a clock tick) has none.
+        # board of the last seq, and an event no reader sees (a clock tick) has none.
         while not isinstance(laguna[-1], Lap):
             laguna.pop()
 
@@ -393,7 +393,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         figures.append(
             figure(
                 f"end to end through Mosquitto, batches of {BATCH_EVENTS} at QoS 1: first "
-                "publish to the delta of the last seq",
+                "publish to the board of the last seq",
                 len(laguna) / broker_s,
                 "events/s",
             )
