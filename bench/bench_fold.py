@@ -21,9 +21,7 @@ from bench.workload import best_of, figure, race_events
 from chequered.contract import topics
 from chequered.contract.events import (
     Batch,
-    Clock,
     Event,
-    Flag,
     Lap,
     decode,
     encode,
@@ -31,7 +29,7 @@ from chequered.contract.events import (
 )
 from consumers.projector.service import Projector, ProjectorSettings
 from consumers.standings import checkpoint
-from consumers.standings.fold import Board, apply, delta, new_race, snapshot
+from consumers.standings.fold import Board, apply, delta, new_race, snapshot, touch
 
 if TYPE_CHECKING:
     from broker.bus import Bus
@@ -71,12 +69,7 @@ def _kept_board_run(events: list[Event]) -> tuple[float, float, float]:
     edge = WINDOW_MS
     for event in events:
         apply(state, event)
-        car = getattr(event, "car", None)
-        if touched is not None:
-            if isinstance(car, str):
-                touched.add(car)
-            elif not isinstance(event, Flag | Clock):
-                touched = None
+        touched = touch(touched, event)
         if event.t_ms < edge:
             continue
         edge += WINDOW_MS

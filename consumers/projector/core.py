@@ -19,7 +19,7 @@ from typing import Final, Protocol
 
 from chequered.contract import board, control, topics
 from chequered.contract.control import Resend
-from chequered.contract.events import Clock, Event, Flag, Reset, SessionOpened
+from chequered.contract.events import Event, Reset, SessionOpened
 from chequered.contract.partition import Partition
 from consumers.projector import intake
 from consumers.standings.fold import (
@@ -28,6 +28,7 @@ from consumers.standings.fold import (
     GAP,
     JOINED,
     RESET,
+    SESSION_ONLY,
     Board,
     RaceState,
     Rejected,
@@ -36,8 +37,6 @@ from consumers.standings.fold import (
 )
 
 _META_SUFFIX: Final = "/" + topics.META
-_SESSION_ONLY: Final = (Flag, Clock)
-"""Events that change no car's row, only the session."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,7 +581,7 @@ class Folding:
                         touched.add(car)
                     if unsaved is not None:
                         unsaved.add(car)
-                elif not isinstance(event, _SESSION_ONLY):
+                elif not isinstance(event, SESSION_ONLY):
                     touched = unsaved = None
             if outcome is APPLIED:  # the common case first, and cheap
                 applied += 1

@@ -629,6 +629,23 @@ class Standings:
 # -- snapshots -------------------------------------------------------------------
 
 
+SESSION_ONLY: Final = (Flag, Clock)
+"""Events that change no car's row, only the session."""
+
+
+def touch(touched: set[str] | None, event: Event) -> set[str] | None:
+    """``touched`` (the cars whose state may have changed, for ``Board.snapshot``) after
+    ``event`` was applied: its car added, or None (any car may have changed) for an
+    event without a car that is more than the session's (open, close, reset)."""
+    if touched is None:
+        return None
+    car = getattr(event, "car", None)
+    if isinstance(car, str):
+        touched.add(car)
+        return touched
+    return touched if isinstance(event, SESSION_ONLY) else None
+
+
 _GROUP: dict[str, int] = {"running": 0, "in_pit": 0, "finished": 0, "retired": 1, "dns": 2}
 
 

@@ -50,6 +50,7 @@ from consumers.standings.fold import (
     new_race,
     snapshot,
     step,
+    touch,
 )
 from simulator.recording.format import Recording
 from simulator.recording.io import load
@@ -658,12 +659,7 @@ def _kept_boards_agree(events: list[Event], *, every: int = 1) -> int:
     last: dict[str, CarRow] = {}
     for i, event in enumerate(events, 1):
         apply(state, event)
-        car = getattr(event, "car", None)
-        if touched is not None:
-            if isinstance(car, str):
-                touched.add(car)
-            elif not isinstance(event, Flag | Clock):
-                touched = None
+        touched = touch(touched, event)
         if i % every and i != len(events):
             continue
         snap = kept.snapshot(state, touched)
@@ -738,3 +734,14 @@ def test_a_late_crossing_of_the_car_ahead_moves_the_interval_of_the_car_behind()
     assert _kept_boards_agree(s.events) > 0
     rows = board(s.events)
     assert rows["3"].interval_ms == 2_500 and rows["3"].class_interval_ms == 2_500
+
+
+def test_touch_names_a_car_s_event_keeps_the_session_s_and_drops_everything_for_the_rest() -> None:
+    s = Script(lines=3)
+    s.cross("1", 1, 30_000)
+    opened, crossed = s.events
+    assert touch(set(), crossed) == {"1"}
+    clock = Clock(race=R, seq=3, t_ms=31_000, action="pause", speed=1.0, paused=True)
+    assert touch({"2"}, clock) == {"2"}
+    assert touch({"2"}, opened) is None
+    assert touch(None, crossed) is None
