@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.workload import best_of, figure, race_events
-from chequered.contract import topics
+from chequered.contract import board, topics
 from chequered.contract.events import (
     Batch,
     Event,
@@ -27,6 +27,7 @@ from chequered.contract.events import (
     encode,
     unbatch,
 )
+from consumers.gateway.core.deflate import SharedDeflate
 from consumers.projector.service import Projector, ProjectorSettings
 from consumers.standings import checkpoint
 from consumers.standings.fold import Board, apply, delta, new_race, snapshot, touch
@@ -34,6 +35,8 @@ from consumers.standings.fold import Board, apply, delta, new_race, snapshot, to
 if TYPE_CHECKING:
     from broker.bus import Bus
 
+DELTA_BYTES_BUDGET = 300.0
+"""Mean delta frame at Monterey 60x, the scale target's budget (``bench.bench_stages``)."""
 FOLD_TARGET = 200_000.0
 """Events per second folded, the speed target of the fold."""
 BATCH_EVENTS = 100
@@ -54,12 +57,17 @@ def _fold_all(events: list[Event], rounds: int) -> None:
 
 WINDOW_MS = 6_000
 """Race time in one delta at 60x with the producer's 100 ms tick."""
+DEFLATE_EPOCH = 10
+"""Deltas between two fresh starts of the gateway's shared compression (``deflate_epoch_s``
+of 1 s over the producer's 100 ms tick)."""
 
 
-def _kept_board_run(events: list[Event]) -> tuple[float, float, float]:
+def _kept_board_run(
+    events: list[Event], payloads: list[bytes] | None = None
+) -> tuple[float, float, float]:
     """Fold ``events`` and, every ``WINDOW_MS`` of race time, build the kept board and its
     delta as the projector does; returns the seconds per board, per delta, and the rows
-    rebuilt per board."""
+    rebuilt per board. The deltas, encoded, go to ``payloads`` if given."""
     state = new_race(events[0].race)
     kept = Board()
     touched: set[str] | None = set()
@@ -77,13 +85,35 @@ def _kept_board_run(events: list[Event]) -> tuple[float, float, float]:
         current = kept.snapshot(state, touched)
         built = time.perf_counter()
         if previous is not None:
-            delta(previous, current)
+            change = delta(previous, current)
+            if payloads is not None:
+                payloads.append(board.encode(change))
         board_s += built - started
         delta_s += time.perf_counter() - built
         rebuilt += kept.rebuilt
         boards += 1
         previous, touched = current, set()
     return board_s / boards, delta_s / boards, rebuilt / boards
+
+
+def _on_the_wire(payloads: list[bytes], repeat: int) -> tuple[float, float]:
+    """The mean frame of ``payloads`` compressed as the gateway sends them to the clients in
+    step (one shared chain, afresh every ``DEFLATE_EPOCH`` deltas: a second at 60x), and
+    the seconds to compress one (paid once per race, whatever the number of clients)."""
+
+    def chain() -> int:
+        deflate = SharedDeflate()
+        stream = deflate.stream()
+        sent = 0
+        for i, payload in enumerate(payloads):
+            if i % DEFLATE_EPOCH == 0:
+                deflate.tick()
+            sent += len(deflate.frame(stream, payload))
+        return sent
+
+    sent = chain()
+    seconds = _cpu_best_of(repeat, chain)
+    return sent / len(payloads), seconds / len(payloads)
 
 
 def _cpu_best_of(repeat: int, fn: Callable[[], object]) -> float:
@@ -270,7 +300,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     apply(done, monterey[-1])
     after = snapshot(done)
     delta_s = best_of(repeat, lambda: [delta(before, after) for _ in range(calls)]) / calls
-    kept_runs = [_kept_board_run(monterey) for _ in range(2 if quick else 5)]
+    kept_deltas: list[bytes] = []
+    kept_runs = [_kept_board_run(monterey, kept_deltas)]
+    kept_runs += [_kept_board_run(monterey) for _ in range(1 if quick else 4)]
+    wire_bytes, deflate_s = _on_the_wire(kept_deltas, repeat)
     kept_board_s = min(run[0] for run in kept_runs)
     kept_delta_s = min(run[1] for run in kept_runs)
     kept_rebuilt = kept_runs[0][2]
@@ -359,6 +392,25 @@ def run(quick: bool = False) -> dict[str, Any]:
         figure(
             f"delta per {WINDOW_MS // 1000} s of race time",
             kept_delta_s * 1e6,
+            "us",
+            higher_is_better=False,
+        ),
+        figure(
+            f"delta per {WINDOW_MS // 1000} s of race time, encoded (mean)",
+            sum(map(len, kept_deltas)) / len(kept_deltas),
+            "bytes",
+            higher_is_better=False,
+        ),
+        figure(
+            "the same on the wire, permessage-deflate as the gateway shares it (mean frame)",
+            wire_bytes,
+            "bytes",
+            target=DELTA_BYTES_BUDGET,
+            higher_is_better=False,
+        ),
+        figure(
+            "compressing that delta, once for every client in step",
+            deflate_s * 1e6,
             "us",
             higher_is_better=False,
         ),

@@ -1257,6 +1257,17 @@ def _pid(child: _Child) -> int:
     return pid
 
 
+def _compressed_frame_bytes(component_metrics: Mapping[str, object]) -> float | None:
+    """Mean bytes of the gateway's compressed frames on the wire (``--compression``), or None."""
+    gateway = component_metrics.get("gateway")
+    if not isinstance(gateway, Mapping):
+        return None
+    frames = float(gateway.get("deflated", 0)) + float(gateway.get("deflate_shared", 0))
+    if not frames:
+        return None
+    return round(float(gateway.get("deflate_out_bytes", 0)) / frames, 1)
+
+
 def build_report(
     *,
     config: LoadConfig,
@@ -1335,6 +1346,7 @@ def build_report(
             else 0.0,
             "deltas": agg.deltas,
             "mean_delta_bytes": round(agg.delta_bytes / agg.deltas, 1) if agg.deltas else 0.0,
+            "mean_compressed_frame_bytes": _compressed_frame_bytes(component_metrics),
         },
         "latency_ms": agg.summary(),
         "latency_negative": agg.negative,
@@ -1492,6 +1504,11 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         f"resyncs {loss['resyncs']}, clients behind {loss['clients_behind']}"
         + ("  (lossless)" if loss["lossless"] else ""),
     ]
+    if ws.get("mean_delta_bytes"):
+        size = f"frames    mean delta {ws['mean_delta_bytes']:,.0f} bytes"
+        if ws.get("mean_compressed_frame_bytes"):
+            size += f", {ws['mean_compressed_frame_bytes']:,.0f} bytes a frame compressed"
+        lines.append(size)
     share = report.get("cpu_share", {})
     for name in ("producer", "projector", "gateway", "mosquitto", "clients", "loadtest"):
         p = procs.get(name)

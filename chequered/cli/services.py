@@ -138,6 +138,12 @@ def register(subparsers: Any) -> None:
         "snapshot (default 64)",
     )
     access.add_argument(
+        "--no-compression",
+        action="store_true",
+        help="decline permessage-deflate: every frame plain (default: offered; each "
+        "compressed frame is made once for every client in step)",
+    )
+    access.add_argument(
         "--allow-cors",
         metavar="ORIGIN",
         help="send Access-Control-Allow-Origin: ORIGIN with every response, so that pages "
@@ -310,6 +316,7 @@ def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         "metrics_port": args.metrics_port,
         "tls_certfile": args.tls_cert,
         "tls_keyfile": args.tls_key,
+        "compression": not args.no_compression,
     }
     for key, flag, text in (
         ("max_connections_per_address", "--max-per-address", args.max_per_address),

@@ -9,6 +9,12 @@ needs attributes websockets does not document (``send_in_progress``,
 its module-level handshake limits: ``check_websockets`` names any that a
 release lacks before the gateway listens, and ``TESTED`` lists the releases
 this was tested with (``tests/consumers/gateway/test_fanout.py`` fails on others).
+
+A client that asks for permessage-deflate (every browser does) gets
+``InboundDeflate``: the library inflates what the client sends and leaves what
+it sends itself uncompressed, and the fan-out writes compressed frames made
+once for every client in step (``core.deflate``), through the library's public
+extension API.
 """
 
 from __future__ import annotations
@@ -21,15 +27,24 @@ import websockets
 import websockets.http11
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
+from websockets.frames import Frame
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import ExtensionParameter
 
 from chequered import log as logmod
+from consumers.gateway.core.deflate import WINDOW_BITS, SharedDeflate, Stream
 from consumers.gateway.core.session import Counts, Session
 from consumers.gateway.core.settings import GatewaySettings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+
+    from websockets.extensions.base import Extension
 
 log = logmod.get(__name__)
 
@@ -103,6 +118,46 @@ def server_frame(payload: bytes) -> bytes:
     return head + payload
 
 
+class InboundDeflate(PerMessageDeflate):
+    """permessage-deflate as agreed with the client, except for the frames we send.
+
+    What the client sends is inflated as usual; what the library sends (replies, the
+    outbox's slow path) goes uncompressed, which RFC 7692 allows and which leaves the
+    client's window as the fan-out's shared chains know it; the fan-out compresses the
+    standings itself (``core.deflate``). No compressor per client is kept.
+    """
+
+    def __init__(self, agreed: PerMessageDeflate) -> None:
+        super().__init__(
+            agreed.remote_no_context_takeover,
+            True,  # keeps the library from making a compressor of its own
+            agreed.remote_max_window_bits,
+            agreed.local_max_window_bits,
+        )
+        self.takeover = not agreed.local_no_context_takeover
+        """Whether we may refer back to earlier messages (no ``server_no_context_takeover``)."""
+
+    def encode(self, frame: Frame) -> Frame:
+        return frame
+
+
+class SharedDeflateFactory(ServerPerMessageDeflateFactory):
+    """Offers ``InboundDeflate``: our window at most ``WINDOW_BITS``, the client's messages
+    inflated one by one (``client_no_context_takeover``: no inflater kept between them)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            client_no_context_takeover=True,
+            server_max_window_bits=WINDOW_BITS,
+        )
+
+    def process_request_params(
+        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension]
+    ) -> tuple[list[ExtensionParameter], PerMessageDeflate]:
+        response, agreed = super().process_request_params(params, accepted_extensions)
+        return response, InboundDeflate(agreed)
+
+
 class Writer:
     """The connection side of one session (``core.session.Port``): its writes and its close."""
 
@@ -120,8 +175,14 @@ class Writer:
         self.written_bytes = 0
         """Bytes written by ``flush`` not yet counted in the metrics."""
         # Without extensions (compression is off) a server's frame is the same bytes for
-        # every client: it is then encoded once and shared (see ``flush``).
-        self.plain_frames = not ws.protocol.extensions
+        # every client: it is then encoded once and shared (see ``flush``). With our
+        # permessage-deflate, clients in step share compressed frames (``core.deflate``).
+        extensions = ws.protocol.extensions
+        self.plain_frames = not extensions
+        self.stream: Stream | None = None
+        if len(extensions) == 1 and isinstance(extensions[0], InboundDeflate):
+            agreed = extensions[0]
+            self.stream = fanout.deflate.stream(agreed.local_max_window_bits, agreed.takeover)
 
     # -- core.session.Port ------------------------------------------------
 
@@ -169,25 +230,37 @@ class Writer:
         ):
             return 0  # closing (nothing more is owed to it), or never: no fragmented sends here
         try:
-            if self.plain_frames:
-                if protocol.writes:
-                    ws.send_data()  # whatever the library has queued (a pong) goes first
-                frames: list[bytes] = []
-                for data in due:
+            if protocol.writes:
+                ws.send_data()  # whatever the library has queued (a pong) goes first
+            stream = self.stream
+            if stream is not None:
+                # Standings are the same for every client in step: compressed once, shared.
+                # A reply may echo what the client sent: it goes plain (no compression oracle).
+                deflate = self.fanout.deflate
+                frames = [
+                    server_frame(frame.data)
+                    if frame.kind == "reply"
+                    else deflate.frame(stream, frame.data)
+                    for frame in due
+                ]
+            elif self.plain_frames:
+                frames = []
+                for frame in due:
+                    data = frame.data
                     known = None if wire is None else wire.get(id(data))
                     if known is None:
                         known = (data, server_frame(data))
                         if wire is not None:
                             wire[id(data)] = known
                     frames.append(known[1])
-                if len(frames) == 1:
-                    ws.transport.write(frames[0])
-                else:
-                    ws.transport.writelines(frames)
             else:
-                for data in due:
-                    protocol.send_text(data)
-                ws.transport.writelines(protocol.data_to_send())
+                for frame in due:
+                    protocol.send_text(frame.data)
+                frames = protocol.data_to_send()
+            if len(frames) == 1:
+                ws.transport.write(frames[0])
+            else:
+                ws.transport.writelines(frames)
         except Exception as exc:  # a transport that went away meanwhile: the handler sees it
             log.debug("client_write_failed", client=self.address, error=str(exc))
             return 0
@@ -230,9 +303,19 @@ class Writer:
 class Fanout:
     """Writes, at the end of each turn of the event loop, the frames due to every client."""
 
-    def __init__(self, counts: Counts, call_soon: Callable[[Callable[[], None]], object]) -> None:
+    def __init__(
+        self,
+        counts: Counts,
+        call_soon: Callable[[Callable[[], None]], object],
+        clock: Callable[[], float],
+        deflate_epoch_s: float,
+    ) -> None:
         self.counts = counts
+        self.deflate = SharedDeflate(counts)
         self._call_soon = call_soon
+        self._clock = clock
+        self._epoch_s = deflate_epoch_s
+        self._next_epoch = clock() + deflate_epoch_s
         self._due: list[Writer] = []
         self._scheduled = False
 
@@ -244,6 +327,12 @@ class Fanout:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self.deflate.roots:
+            now = self._clock()
+            if now >= self._next_epoch:
+                # Clients that went their own way meet again on the next message's root.
+                self.deflate.tick()
+                self._next_epoch = now + self._epoch_s
         writers, self._due = self._due, []
         wire: dict[int, tuple[bytes, bytes]] = {}
         for writer in writers:

@@ -31,6 +31,10 @@ COUNTERS = {
     "gaps": "deltas that did not apply on the cached snapshot",
     "resyncs": "re-reads of the retained snapshots",
     "broker_connects": "connections made to the broker",
+    "deflated": "messages compressed (once for every client in step: permessage-deflate)",
+    "deflate_shared": "compressed frames sent without compressing again (another client's)",
+    "deflate_in_bytes": "bytes of the messages sent compressed, before compression",
+    "deflate_out_bytes": "bytes of the compressed frames sent",
 }
 LABELLED = {
     "errors": ("error", "error frames sent, by error code"),

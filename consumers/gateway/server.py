@@ -33,6 +33,7 @@ from consumers.gateway.core.session import ClientStats, Counts, clip, close_labe
 from consumers.gateway.core.settings import WEB_DIR, GatewaySettings
 from consumers.gateway.fanout import (
     Fanout,
+    SharedDeflateFactory,
     UnsupportedWebsockets,
     Writer,
     check_websockets,
@@ -223,7 +224,7 @@ class Gateway:
         if isinstance(self.broker, str):
             busmod.parse_url(self.broker)  # a bad URL is the caller's error, not a reason to retry
         loop = asyncio.get_running_loop()
-        self._fanout = Fanout(self.metrics, loop.call_soon)
+        self._fanout = Fanout(self.metrics, loop.call_soon, loop.time, settings.deflate_epoch_s)
         broker_task: asyncio.Task[None] | None = None
         try:
             async with self._listen(host, port, reuse_port) as server, self._metrics_listener():
@@ -261,6 +262,7 @@ class Gateway:
             host,
             port,
             compression=None,
+            extensions=[SharedDeflateFactory()] if settings.compression else None,
             process_request=self.routes.public,
             server_header=None,
             create_connection=guarded(self, settings.refusal_linger_s),

@@ -458,6 +458,11 @@ async def test_widget_follows_a_whole_replay_to_the_official_classification(
             changes = sum(1 for a, b in itertools.pairwise(orders) if a and b and a != b)
             assert changes > 0, "no change of places was ever on screen"
             assert gateway.metrics.gaps.value == 0
+            # Chromium asked for permessage-deflate: the race reached it compressed, each
+            # frame referring back to the ones before (the screen above is the proof).
+            metrics = gateway.metrics
+            assert metrics.deflated.value > 100
+            assert metrics.deflate_out_bytes.value < 0.5 * metrics.deflate_in_bytes.value
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)

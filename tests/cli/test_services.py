@@ -154,12 +154,12 @@ def test_serve_flags_become_the_gateway_settings(monkeypatch: pytest.MonkeyPatch
     assert plain.max_clients == defaults.max_clients
     assert plain.max_connections_per_address == defaults.max_connections_per_address
     assert plain.allow_cors is None and plain.metrics_port is None
-    assert plain.queue_frames == 64 and plain.allow_missing_origin
+    assert plain.queue_frames == 64 and plain.allow_missing_origin and plain.compression
     args = parser.parse_args(
         ["serve", *BROKER, "--allow-origin", "https://Widget.Example:443",
          "--allow-origin", "http://127.0.0.1:8000", "--allow-origin", "https://widget.example",
          "--require-origin", "--token", "t0k", "--max-per-address", "4", "--max-clients", "500",
-         "--queue-frames", "16"]
+         "--queue-frames", "16", "--no-compression"]
     )  # fmt: skip
     settings = gateway_settings(args)
     # As browsers send Origin: lower case, no default port; each once.
@@ -169,6 +169,7 @@ def test_serve_flags_become_the_gateway_settings(monkeypatch: pytest.MonkeyPatch
     assert settings.max_connections_per_address == 4
     assert settings.max_clients == 500
     assert settings.queue_frames == 16
+    assert not settings.compression
     monkeypatch.setenv(TOKEN_ENV, "from-env")
     assert gateway_settings(parser.parse_args(["serve", *BROKER])).token == "from-env"
     assert gateway_settings(parser.parse_args(["serve", *BROKER, "--token", "x"])).token == "x"

@@ -72,6 +72,10 @@ class Counts:
     gaps: Count = field(default_factory=Count)
     resyncs: Count = field(default_factory=Count)
     broker_connects: Count = field(default_factory=Count)
+    deflated: Count = field(default_factory=Count)
+    deflate_shared: Count = field(default_factory=Count)
+    deflate_in_bytes: Count = field(default_factory=Count)
+    deflate_out_bytes: Count = field(default_factory=Count)
     errors: Counter[str] = field(default_factory=Counter)
     """Error frames sent, by error code."""
     closes: Counter[str] = field(default_factory=Counter)
@@ -225,8 +229,8 @@ class Session:
         self.frames = TokenBucket(settings.rate_per_s, settings.burst, now)
         self.subscribes = TokenBucket(settings.subscribe_rate_per_s, settings.subscribe_burst, now)
         self.max_subscriptions = settings.max_subscriptions
-        self.due: list[bytes] = []
-        """Payloads the socket takes at the end of this turn of the loop, in order."""
+        self.due: list[Frame] = []
+        """Frames the socket takes at the end of this turn of the loop, in order."""
         self.due_bytes = 0
         self.coalesced = 0
         self.closing = False
@@ -242,14 +246,14 @@ class Session:
             # other frames due to this client: one write (one system call) per turn.
             if not self.due:
                 self.port.flush_later()
-            self.due.append(frame.data)
+            self.due.append(frame)
             self.due_bytes += len(frame.data)
             return
         self.enqueue(frame)
         self.port.wake()
 
-    def take(self) -> tuple[list[bytes], int]:
-        """The payloads due and their size, handed over to be written."""
+    def take(self) -> tuple[list[Frame], int]:
+        """The frames due and their size, handed over to be written."""
         due, size = self.due, self.due_bytes
         self.due = []
         self.due_bytes = 0

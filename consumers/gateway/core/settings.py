@@ -32,6 +32,12 @@ class GatewaySettings:
     """Bytes waiting in one client's outbox before its backlog is coalesced."""
     write_limit: int = 64 * 1024
     """High-water mark of a connection's transport buffer; above it frames wait in the outbox."""
+    compression: bool = True
+    """Offer permessage-deflate (browsers ask for it): clients in step share each compressed
+    frame (``core.deflate``); a client that does not ask gets plain frames."""
+    deflate_epoch_s: float = 1.0
+    """How often every client's next frame starts a new shared chain, so that clients
+    that went their own way (joined, resynced) share frames again."""
     send_buffer: int | None = None
     """SO_SNDBUF of each client socket in bytes; None keeps the OS default."""
     max_subscriptions: int = 16

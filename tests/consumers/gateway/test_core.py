@@ -117,7 +117,7 @@ class Core:
 
 def frames(session: Session) -> list[dict[str, Any]]:
     due, _ = session.take()
-    return [json.loads(data) for data in due]
+    return [json.loads(frame.data) for frame in due]
 
 
 # -- requests ------------------------------------------------------------------
@@ -436,7 +436,8 @@ def test_frames_go_straight_to_the_socket_while_it_has_room() -> None:
     session.send(Frame("reply", b"12345"))
     session.send(Frame("reply", b"1"))  # 10 bytes due already: no room left
     assert port.flushes == 1 and port.wakes == 1
-    assert session.take() == ([b"12345", b"12345"], 10)
+    due, size = session.take()
+    assert [frame.data for frame in due] == [b"12345", b"12345"] and size == 10
     assert [f.data for f in session.outbox.frames] == [b"1"]
 
 

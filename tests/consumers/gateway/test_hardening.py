@@ -315,7 +315,7 @@ async def test_metrics_stay_off_the_public_port(mosquitto: Mosquitto) -> None:
         assert (await asyncio.to_thread(_http, gw.metrics_port, "/metrics", "POST"))[0] == 405
 
 
-async def test_only_the_widgets_files_are_served_and_nothing_is_compressed(
+async def test_only_the_widgets_files_are_served(
     mosquitto: Mosquitto,
 ) -> None:
     async with gateway(mosquitto) as (_gw, port):
@@ -332,7 +332,3 @@ async def test_only_the_widgets_files_are_served_and_nothing_is_compressed(
             status, _, body = await asyncio.to_thread(_http, port, path)
             assert status == 404, path
             assert b"root:" not in body and b"import" not in body
-        # A client offering permessage-deflate gets a plain connection (no compression
-        # oracle, and frames the fan-out can share between clients).
-        async with connect(f"ws://127.0.0.1:{port}/ws", compression="deflate") as ws:
-            assert ws.protocol.extensions == []

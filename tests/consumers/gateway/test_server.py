@@ -12,6 +12,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -466,6 +467,23 @@ async def test_oversized_frame_closes_with_1009(module_mosquitto: Mosquitto) -> 
         await until(lambda: gateway.metrics.closes["1009"] == 1, "the close to be counted")
 
 
+async def test_a_compressed_frame_that_inflates_too_big_closes_with_1009(
+    module_mosquitto: Mosquitto,
+) -> None:
+    """A deflate bomb: 1 MB of one letter is ~1 kB on the wire; it is never inflated whole."""
+    settings = GatewaySettings(max_size=4096)
+    async with running_gateway(module_mosquitto.url, settings) as (gateway, port):
+        url = f"ws://127.0.0.1:{port}/ws"
+        async with connect(url, max_size=None) as bomb, connect(url) as other:
+            assert bomb.protocol.extensions, "permessage-deflate agreed"
+            await bomb.send(json.dumps({"op": "ping", "id": "x" * 1_000_000}))
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv(bomb)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+            assert (await request(other, {"op": "ping", "id": 1}))["type"] == "pong"
+        await until(lambda: gateway.metrics.closes["1009"] == 1, "the close to be counted")
+
+
 async def test_a_flood_closes_with_1008(module_mosquitto: Mosquitto) -> None:
     settings = GatewaySettings(rate_per_s=1, burst=40)  # slow refill: the burst decides
     async with running_gateway(module_mosquitto.url, settings) as (gateway, port):
@@ -553,7 +571,11 @@ async def test_a_stuck_client_is_coalesced_while_another_gets_every_delta(
             sock.connect(("127.0.0.1", port))
             sock.setblocking(False)
             # The reader buffers all it receives (max_queue=None) and reads while we publish.
-            async with connect(url, sock=sock) as stuck, connect(url, max_queue=None) as reader:
+            # Uncompressed, so that the stuck one's frames fill its buffers as they are.
+            async with (
+                connect(url, sock=sock, compression=None) as stuck,
+                connect(url, max_queue=None) as reader,
+            ):
                 stuck_view, reader_view = Follower(), Follower()
                 stuck_view.feed(await request(stuck, {"op": "subscribe", "race": "gw-stuck"}))
                 reader_view.feed(await request(reader, {"op": "subscribe", "race": "gw-stuck"}))
@@ -725,7 +747,8 @@ async def test_a_client_that_never_reads_but_keeps_asking_is_closed(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect(("127.0.0.1", port))
             sock.setblocking(False)
-            async with connect(f"ws://127.0.0.1:{port}/ws", sock=sock) as deaf:
+            url = f"ws://127.0.0.1:{port}/ws"
+            async with connect(url, sock=sock, compression=None) as deaf:
                 await request(deaf, {"op": "subscribe", "race": "gw-deaf"})
                 deaf.transport.pause_reading()
                 for _ in range(60):
@@ -857,3 +880,117 @@ async def test_a_subscribe_during_the_startup_grace_waits_for_the_retained_stand
             assert (again["type"], again["id"], again["error"]) == ("error", 3, "unknown_race")
             assert (await request(ws, {"op": "ping"}))["type"] == "pong"
         assert gateway.metrics.errors["unknown_race"] == 2
+
+
+# -- compression on the wire -------------------------------------------------
+
+
+class RawClient:
+    """A websocket client on a bare socket, to see the frames as sent: RSV1, and the bytes."""
+
+    KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.inflater = zlib.decompressobj(-15)
+        self.wire_bytes = 0
+        self.payload_bytes = 0
+
+    @classmethod
+    async def open(cls, port: int, extensions: str) -> tuple[RawClient, str]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {cls.KEY}\r\n"
+                f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: {extensions}\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        agreed = [
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-extensions:")
+        ]
+        return cls(reader, writer), ";".join(agreed)
+
+    def send(self, message: object) -> None:
+        data = json.dumps(message).encode()
+        assert len(data) < 126
+        mask = b"\x01\x02\x03\x04"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.writer.write(bytes((0x81, 0x80 | len(data))) + mask + masked)
+
+    async def recv(self) -> tuple[bool, dict[str, Any]]:
+        """The next text message and whether it came compressed (RSV1)."""
+        while True:
+            first, second = await asyncio.wait_for(self.reader.readexactly(2), WAIT_S)
+            n = second & 0x7F
+            extra = {126: 2, 127: 8}.get(n, 0)
+            if extra:
+                n = int.from_bytes(await self.reader.readexactly(extra), "big")
+            data = await self.reader.readexactly(n)
+            assert first & 0x80, "no fragmented frames from the gateway"
+            if first & 0x0F != 1:
+                continue  # a ping
+            compressed = bool(first & 0x40)
+            self.wire_bytes += n
+            if compressed:
+                data = self.inflater.decompress(data + b"\x00\x00\xff\xff")
+            self.payload_bytes += len(data)
+            message: dict[str, Any] = json.loads(data)
+            return compressed, message
+
+
+async def test_a_client_asking_for_deflate_gets_standings_compressed_and_replies_plain(
+    module_mosquitto: Mosquitto,
+) -> None:
+    """Standings (the same bytes for every client in step) are compressed once and shared;
+    replies, which echo what a client sent, go uncompressed: no compression oracle."""
+    race = Standings("gw-deflate", seq=5, padding=40)
+    async with bus.connect(module_mosquitto.url) as pub:
+        await publish_snapshot(pub, race.snapshot())
+        async with running_gateway(module_mosquitto.url) as (gateway, port):
+            await until(lambda: "gw-deflate" in gateway.races, "the retained snapshot")
+            offer = "permessage-deflate; client_max_window_bits"
+            clients = []
+            for _ in range(3):
+                client, agreed = await RawClient.open(port, offer)
+                assert "permessage-deflate" in agreed
+                assert "server_max_window_bits=13" in agreed
+                assert "client_no_context_takeover" in agreed
+                clients.append(client)
+            plain, agreed = await RawClient.open(port, "x-unknown-extension")
+            assert agreed == ""
+            views = [Follower() for _ in range(4)]
+            for client, view in zip([*clients, plain], views, strict=True):
+                client.send({"op": "subscribe", "race": "gw-deflate"})
+                compressed, message = await client.recv()
+                assert message["type"] == "snapshot"
+                assert compressed is (client is not plain)
+                view.feed(message)
+            deflated = gateway.metrics.deflated.value
+            for _ in range(20):
+                await publish_delta(pub, race.step())
+            for client, view in zip([*clients, plain], views, strict=True):
+                while view.seq != race.seq:
+                    compressed, message = await client.recv()
+                    assert compressed is (client is not plain)
+                    view.feed(message)
+            # Once per delta for the three clients in step, not once per client.
+            assert gateway.metrics.deflated.value - deflated == 20
+            assert gateway.metrics.deflate_shared.value >= 40
+            secret = "reply-" * 8
+            clients[0].send({"op": secret})
+            compressed, message = await clients[0].recv()
+            assert message["type"] == "error" and secret[:20] in json.dumps(message)
+            assert compressed is False
+            for client in [*clients, plain]:
+                client.writer.close()
+    expected = board.encode(race.snapshot())
+    assert all(board.encode(view.snapshot) == expected for view in views if view.snapshot)
+    assert all(view.deltas == 20 for view in views)
+    assert clients[0].wire_bytes < 0.5 * clients[0].payload_bytes
+    assert plain.wire_bytes == plain.payload_bytes

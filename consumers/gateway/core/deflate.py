@@ -1,0 +1,148 @@
+"""Compressed frames (permessage-deflate, RFC 7692) made once and shared by the clients in step.
+
+With context takeover, a client's inflater keeps what it has inflated before,
+and each message may refer back to it: the bytes of a compressed message
+depend on every compressed message the client got before it. Clients that got
+the same messages since the same starting point can therefore share the same
+bytes. A ``Node`` is one compressed message of such a chain; a client follows
+one chain (``Stream.node``), and the compressor moves along to the chain's
+last node, where the next message is compressed once for every client there.
+
+A chain starts (a ``root``) from a fresh compressor, which refers to nothing
+before it: any client can take a root's frame whatever it inflated before. A
+client starts a new chain when it joins, when its next message is not the
+chain's (it fell out of step: a snapshot of its own, a frame that went through
+its outbox), and for everyone at each new ``generation`` (``tick``), so that
+clients that went their own way meet again on the roots of the next message.
+
+Frames the websocket library writes itself (replies, the outbox's slow path)
+go uncompressed (RSV1 clear): RFC 7692 lets a sender leave a message
+uncompressed, and it does not enter the client's window, so a chain stays
+true across them. Pure code: no I/O, no clock (the shell calls ``tick``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from consumers.gateway.core.session import Counts
+
+WINDOW_BITS: Final = 13
+"""Our compressor's window (8 KiB): about eight deltas back. A larger one saves ~5% more,
+for four times the memory per chain (``bench/results/deflate.json``)."""
+MEM_LEVEL: Final = 4
+"""zlib's memLevel: 4 compresses our deltas as well as 8, in an eighth of the hash memory."""
+LEVEL: Final = 6
+_TAIL: Final = b"\x00\x00\xff\xff"
+"""What a sync flush ends with, and RFC 7692 has the sender strip (the receiver adds it)."""
+
+
+class Compressor(Protocol):
+    """What ``zlib.compressobj`` returns, as far as a chain uses it."""
+
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self, mode: int = ..., /) -> bytes: ...
+
+
+def compressed_frame(data: bytes) -> bytes:
+    """A final text frame from server to client with RSV1 set: ``data`` is deflated."""
+    n = len(data)
+    if n < 126:
+        head = bytes((0xC1, n))
+    elif n < 1 << 16:
+        head = bytes((0xC1, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0xC1, 127)) + n.to_bytes(8, "big")
+    return head + data
+
+
+class Node:
+    """One message compressed in a chain: the frame every client at the node's parent shares."""
+
+    __slots__ = ("child", "compressor", "frame", "generation", "payload")
+
+    def __init__(
+        self, payload: bytes, frame: bytes, compressor: Compressor, generation: int
+    ) -> None:
+        self.payload = payload
+        """Kept so that its ``id`` stays its own while the node lives."""
+        self.frame = frame
+        self.compressor: Compressor | None = compressor
+        """The chain's compressor, while this node is the chain's last."""
+        self.child: Node | None = None
+        self.generation = generation
+
+
+@dataclass(slots=True)
+class Stream:
+    """Where one client is: the last node it got, and what it agreed to."""
+
+    window_bits: int = WINDOW_BITS
+    """At most the window the client agreed to keep (``server_max_window_bits``)."""
+    takeover: bool = True
+    """False when the client asked for ``server_no_context_takeover``: roots only."""
+    node: Node | None = field(default=None, repr=False)
+
+
+class SharedDeflate:
+    """Every chain of the process; ``frame`` is the only call per frame."""
+
+    def __init__(
+        self, counts: Counts | None = None, window_bits: int = WINDOW_BITS, level: int = LEVEL
+    ) -> None:
+        self.counts = Counts() if counts is None else counts
+        self.window_bits = window_bits
+        self.level = level
+        self.generation = 0
+        self.roots: dict[tuple[int, int], Node] = {}
+
+    def stream(self, window_bits: int = 15, takeover: bool = True) -> Stream:
+        """A new client's place, given the window and context takeover it agreed to."""
+        return Stream(window_bits=min(window_bits, self.window_bits), takeover=takeover)
+
+    def tick(self) -> None:
+        """Start a new generation: every client's next frame starts a chain, shared by all."""
+        self.generation += 1
+        self.roots.clear()
+
+    def frame(self, stream: Stream, payload: bytes) -> bytes:
+        """The compressed frame of ``payload`` for the client at ``stream``, which moves on."""
+        counts = self.counts
+        node = stream.node
+        if node is not None and stream.takeover and node.generation == self.generation:
+            child = node.child
+            if child is None and node.compressor is not None:
+                child = self._node(node.compressor, payload)
+                node.compressor = None
+                node.child = child
+                counts.deflated.inc()
+            elif child is not None and child.payload is payload:
+                counts.deflate_shared.inc()
+            else:
+                child = None  # its next message is not the chain's: out of step
+            if child is not None:
+                stream.node = child
+                counts.deflate_in_bytes.inc(len(payload))
+                counts.deflate_out_bytes.inc(len(child.frame))
+                return child.frame
+        key = (id(payload), stream.window_bits)
+        root = self.roots.get(key)
+        if root is None:
+            compressor = zlib.compressobj(self.level, zlib.DEFLATED, -stream.window_bits, MEM_LEVEL)
+            root = self.roots[key] = self._node(compressor, payload)
+            counts.deflated.inc()
+        else:
+            counts.deflate_shared.inc()
+        stream.node = root
+        counts.deflate_in_bytes.inc(len(payload))
+        counts.deflate_out_bytes.inc(len(root.frame))
+        return root.frame
+
+    def _node(self, compressor: Compressor, payload: bytes) -> Node:
+        data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        if data.endswith(_TAIL):
+            data = data[:-4]
+        return Node(payload, compressed_frame(data), compressor, self.generation)
