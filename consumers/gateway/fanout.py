@@ -118,6 +118,9 @@ def server_frame(payload: bytes) -> bytes:
     return head + payload
 
 
+_OPEN = State.OPEN
+
+
 class InboundDeflate(PerMessageDeflate):
     """permessage-deflate as agreed with the client, except for the frames we send.
 
@@ -165,8 +168,11 @@ class Writer:
         self, ws: ServerConnection, fanout: Fanout, settings: GatewaySettings, address: str
     ) -> None:
         self.ws = ws
+        self.protocol = ws.protocol
+        self.transport = ws.transport
         self.fanout = fanout
         self.settings = settings
+        self.write_limit = settings.write_limit
         self.address = address
         self.session: Session | None = None
         self.wake_event = asyncio.Event()
@@ -187,14 +193,14 @@ class Writer:
     # -- core.session.Port ------------------------------------------------
 
     def gone(self) -> bool:
-        return self.closing is not None or self.ws.protocol.state in (State.CLOSING, State.CLOSED)
+        # Past the handshake a connection is OPEN, then CLOSING, then CLOSED.
+        return self.closing is not None or self.protocol.state is not _OPEN
 
     def room(self, pending: int) -> bool:
-        ws = self.ws
         return (
             not self.sending
-            and ws.protocol.state is State.OPEN
-            and ws.transport.get_write_buffer_size() + pending < self.settings.write_limit
+            and self.protocol.state is _OPEN
+            and self.transport.get_write_buffer_size() + pending < self.write_limit
         )
 
     def flush_later(self) -> None:
