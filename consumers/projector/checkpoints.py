@@ -47,26 +47,72 @@ def save(
     ``cars``: the only cars changed since the record saved before (None: any may
     have); a patch of them is appended. A new or rewritten file gets the whole state.
     """
-    data = record(state, cars)
-    whole = data if cars is None else None
-    target = path_for(directory, state.race)
-    # Bare file descriptors: this runs at every flush, and a buffered file object
-    # costs more to open than the record costs to write.
+    files = Files(directory, fsync=fsync)
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_APPEND)
-    except FileNotFoundError:
-        return _replace(directory, target, whole or record(state), fsync=fsync)
-    try:
-        if os.fstat(fd).st_size + len(data) <= COMPACT_BYTES:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if fsync:
-                os.fsync(fd)
-            return target
+        return files.save(state, cars)
     finally:
-        os.close(fd)
-    return _replace(directory, target, whole or record(state), fsync=fsync)
+        files.close()
+
+
+class Files:
+    """One projector's checkpoint files, each kept open once written (at most ``max_open``,
+    the least recently saved closed first): at the target's load each race is saved
+    about ten times a second, and opening and closing a file costs more than the record's
+    write. A file removed or renamed meanwhile (no link left) is written again whole."""
+
+    def __init__(self, directory: Path, *, fsync: bool = FSYNC, max_open: int = 256) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self.max_open = max_open
+        self._open: dict[str, int] = {}
+        """Race to the descriptor of its file, least recently saved first."""
+
+    def save(self, state: RaceState, cars: Collection[str] | None = None) -> Path:
+        """``save``, through the file kept open for the race."""
+        data = record(state, cars)
+        target = path_for(self.directory, state.race)
+        fd = self._open.pop(state.race, None)
+        if fd is None:
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+            except FileNotFoundError:
+                _replace(self.directory, target, record(state) if cars is not None else data,
+                         fsync=self.fsync)  # fmt: skip
+                return target
+        try:
+            st = os.fstat(fd)
+            if st.st_nlink and st.st_size + len(data) <= COMPACT_BYTES:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+                self._keep(state.race, fd)
+                fd = -1
+                return target
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        _replace(self.directory, target, record(state) if cars is not None else data,
+                 fsync=self.fsync)  # fmt: skip
+        return target
+
+    @property
+    def kept(self) -> list[str]:
+        """The races whose file is open, least recently saved first."""
+        return list(self._open)
+
+    def _keep(self, race: str, fd: int) -> None:
+        self._open[race] = fd
+        while len(self._open) > self.max_open:
+            oldest = next(iter(self._open))
+            os.close(self._open.pop(oldest))
+
+    def close(self) -> None:
+        """Close every file kept open."""
+        while self._open:
+            _, fd = self._open.popitem()
+            os.close(fd)
 
 
 def _replace(directory: Path, target: Path, data: bytes, *, fsync: bool) -> Path:

@@ -118,6 +118,11 @@ class Projector:
         self.metrics = metrics or _metrics()[1]
         self.checkpoint_dir = checkpoint_dir
         races = checkpoints.load_all(checkpoint_dir) if checkpoint_dir is not None else {}
+        self.files = (
+            checkpoints.Files(checkpoint_dir, fsync=self.settings.checkpoint_fsync)
+            if checkpoint_dir is not None
+            else None
+        )
         self.core = ProjectorCore(
             races, settings=self.settings, metrics=self.metrics, clock=clock, wall=time.time,
             new_id=_new_command_id, partition=partition,
@@ -174,15 +179,12 @@ class Projector:
         self._write(self.core.checkpoints_due())
 
     def _write(self, actions: Sequence[WriteCheckpoint]) -> None:
-        if self.checkpoint_dir is None:
+        if self.files is None:
             self.core.forget_unsaved()
             return
         for action in actions:
             try:
-                checkpoints.save(
-                    self.checkpoint_dir, action.state, fsync=self.settings.checkpoint_fsync,
-                    cars=action.cars,
-                )  # fmt: skip
+                self.files.save(action.state, action.cars)
             except OSError as exc:
                 # Not acknowledging is what keeps the events safe: stop here and
                 # let the broker redeliver them to the next attempt.
@@ -286,6 +288,8 @@ class Projector:
         # A failure is already logged; the broker redelivers whatever was not acknowledged.
         with contextlib.suppress(OSError):
             self.save_checkpoints()
+        if self.files is not None:
+            self.files.close()
 
 
 class _Turns:

@@ -82,6 +82,44 @@ def test_a_file_growing_past_the_limit_is_rewritten(
         assert checkpoints.load(tmp_path / "big.ckpt").seq == seq + 100
 
 
+def test_files_kept_open_append_patches_and_close_the_least_recent(tmp_path: Path) -> None:
+    files = checkpoints.Files(tmp_path, max_open=2)
+    states = {race: _state(race) for race in ("kept-a", "kept-b", "kept-c")}
+    for state in states.values():
+        files.save(state)  # a new file: written whole, then renamed into place
+    assert files.kept == []
+    for state in states.values():
+        state.seq += 1
+        files.save(state)
+    assert files.kept == ["kept-b", "kept-c"]  # kept-a, saved first, was closed
+    for state in states.values():
+        state.seq += 1
+        car = next(iter(state.cars))
+        files.save(state, [car])
+    for race, state in states.items():
+        path = checkpoints.path_for(tmp_path, race)
+        assert checkpoints.load(path) == state
+        assert path.read_bytes().count(checkpoint.PATCH_MAGIC) == 1
+    files.close()
+    assert files.kept == []
+
+
+def test_a_file_removed_while_kept_open_is_written_again_whole(tmp_path: Path) -> None:
+    files = checkpoints.Files(tmp_path)
+    state = _state("removed")
+    path = checkpoints.path_for(tmp_path, "removed")
+    files.save(state)
+    state.seq += 1
+    files.save(state)
+    assert files.kept == ["removed"]
+    path.unlink()
+    state.seq += 1
+    files.save(state, [next(iter(state.cars))])  # a patch would have gone to no file
+    assert checkpoints.load(path) == state
+    assert checkpoint.PATCH_MAGIC not in path.read_bytes()
+    files.close()
+
+
 def test_a_missing_folder_holds_no_races(tmp_path: Path) -> None:
     assert checkpoints.load_all(tmp_path / "nothing-here") == {}
 
