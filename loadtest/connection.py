@@ -1,7 +1,8 @@
 """The load client's websocket connection: websockets' sans-I/O protocol on an asyncio Protocol.
 
 ``Session`` drives ``websockets.client.ClientProtocol`` (bytes in, messages and
-bytes out, no I/O), with ``FrameReader`` for the server's unextended frames;
+bytes out, no I/O), with ``FrameReader`` for the server's frames (inflating
+them when permessage-deflate was agreed);
 ``SessionProtocol`` is the thin asyncio shell that puts it on a transport. No
 task, future or queue per frame: each read is parsed whole and its messages
 handed on in one go.
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import ProtocolError
 from websockets.extensions.base import ClientExtensionFactory
-from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    PerMessageDeflate,
+)
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import SEND_EOF, State
@@ -39,9 +44,10 @@ class Session:
     """One websocket client connection without I/O: feed it bytes, send what it gives back.
 
     websockets' ``ClientProtocol`` makes the opening handshake (sent on
-    creation) and every frame the client sends. Once open without extensions,
-    the frames the server sends are read by ``FrameReader``; with an extension
-    (permessage-deflate) the protocol reads them too. ``receive`` hands each
+    creation) and every frame the client sends. Once open, the frames the server
+    sends are read by ``FrameReader``, which inflates them as agreed when the
+    server took permessage-deflate; with any other extension the protocol reads
+    them. ``receive`` hands each
     whole message to ``on_message`` and leaves the answers owed to the server
     (pong, close) in ``writes()``.
     """
@@ -64,7 +70,6 @@ class Session:
         protocol.send_request(protocol.connect())
         self._on_message = on_message
         self._max_size = max_size
-        self._lean = not compression
         self._head = bytearray()
         """The handshake response so far (until its end is found)."""
         self.frames: FrameReader | None = None
@@ -89,7 +94,7 @@ class Session:
             return frames.feed(received, now)
         protocol = self.protocol
         data = bytes(received)
-        if self._lean and protocol.state is State.CONNECTING:
+        if protocol.state is State.CONNECTING:
             data = self._handshake_part(data)
             if self.frames is not None:
                 if data:
@@ -113,7 +118,23 @@ class Session:
         protocol.receive_data(data[:cut])
         self._handle(protocol.events_received(), 0.0)
         if protocol.state is State.OPEN:
-            self.frames = FrameReader(self._on_message, self._control, self._max_size)
+            extensions = protocol.extensions
+            if not extensions:
+                self.frames = FrameReader(self._on_message, self._control, self._max_size)
+            elif len(extensions) == 1 and isinstance(extensions[0], PerMessageDeflate):
+                agreed = extensions[0]
+                self.frames = FrameReader(
+                    self._on_message,
+                    self._control,
+                    self._max_size,
+                    inflate=Inflate(
+                        agreed.remote_max_window_bits, agreed.remote_no_context_takeover
+                    ),
+                )
+            else:  # an extension the lean reader does not know: the protocol reads
+                protocol.receive_data(data[cut:])
+                self._handle(protocol.events_received(), 0.0)
+                return b""
         return data[cut:]
 
     def receive_eof(self, now: float) -> None:
@@ -168,7 +189,7 @@ class Session:
             except (ProtocolError, UnicodeDecodeError):
                 protocol.send_close(1002)
             self.closing = True
-        elif opcode in (_TOO_BIG, _MASKED):
+        elif opcode in (_TOO_BIG, _MASKED, _BROKEN):
             protocol.send_close(1009 if opcode == _TOO_BIG else 1002)
             self.closing = True
 
@@ -193,12 +214,36 @@ class Session:
 
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING = 0x0, 0x1, 0x2, 0x8, 0x9
-_TOO_BIG, _MASKED = -1, -2
+_TOO_BIG, _MASKED, _BROKEN = -1, -2, -3
 """Told to the control callback for a frame that ends the connection."""
+_TAIL = b"\x00\x00\xff\xff"
+
+
+class Inflate:
+    """The client's side of permessage-deflate (RFC 7692) for the messages it receives."""
+
+    __slots__ = ("bits", "fresh", "inflater")
+
+    def __init__(self, window_bits: int, no_context_takeover: bool) -> None:
+        self.bits = window_bits
+        self.fresh = no_context_takeover
+        """The server does not refer back to earlier messages: one inflater per message."""
+        self.inflater = zlib.decompressobj(-window_bits)
+
+    def message(self, data: bytes, max_size: int) -> bytes | None:
+        """The message inflated; None when it would be larger than ``max_size``."""
+        if self.fresh:
+            self.inflater = zlib.decompressobj(-self.bits)
+        inflater = self.inflater
+        out = inflater.decompress(data + _TAIL, max_size)
+        if inflater.unconsumed_tail:
+            return None
+        return out
 
 
 class FrameReader:
-    """The frames a server sends, without extensions (RFC 6455 section 5.2), parsed in place.
+    """The frames a server sends (RFC 6455 section 5.2), parsed in place, and inflated where
+    permessage-deflate was agreed (RFC 7692).
 
     websockets' own reader is a generator, a ``Frame`` object and an enum lookup
     per frame: alone, 3.2 µs of CPU per 1.4 KB frame (a frame per read) against
@@ -211,12 +256,18 @@ class FrameReader:
         on_message: OnMessage,
         on_control: Callable[[int, bytes], None],
         max_size: int,
+        *,
+        inflate: Inflate | None = None,
     ) -> None:
         self._on_message = on_message
         self._on_control = on_control
         self._max_size = max_size
+        self._inflate = inflate
+        self._rsv = 0x40 if inflate is not None else 0
+        """The RSV bits a message's first frame may carry: RSV1, with permessage-deflate."""
         self._buf = bytearray()
         self._fragments: list[bytes] = []
+        self._compressed = False
         self._broken = False
 
     def feed(self, data: bytes | memoryview, now: float) -> bool:
@@ -258,17 +309,30 @@ class FrameReader:
             pos = start + length
             payload = bytes(view[start:pos])
             opcode = b0 & 0x0F
+            rsv = b0 & 0x70
+            if rsv and (rsv & ~self._rsv or opcode not in (OP_TEXT, OP_BINARY)):
+                # RSV bits that no agreed extension gives meaning to (RFC 6455 5.2).
+                self._broken = True
+                self._on_control(_BROKEN, b"")
+                return False
             if opcode in (OP_TEXT, OP_BINARY):
                 if b0 & 0x80:
-                    self._on_message(payload, now)
+                    if rsv and not self._message(payload, now):
+                        return False
+                    elif not rsv:
+                        self._on_message(payload, now)
                 else:
                     self._fragments = [payload]
+                    self._compressed = bool(rsv)
             elif opcode == OP_CONT:
                 self._fragments.append(payload)
                 if b0 & 0x80:
                     whole = b"".join(self._fragments)
                     self._fragments = []
-                    self._on_message(whole, now)
+                    if self._compressed and not self._message(whole, now):
+                        return False
+                    elif not self._compressed:
+                        self._on_message(whole, now)
             elif opcode in (OP_PING, OP_CLOSE):
                 self._on_control(opcode, payload)
                 plain = False
@@ -280,6 +344,18 @@ class FrameReader:
         elif pos < n:
             buf += view[pos:]
         return plain
+
+    def _message(self, data: bytes, now: float) -> bool:
+        """Inflate a compressed message and hand it on; False (the connection is over) when
+        it inflates past ``max_size``."""
+        assert self._inflate is not None
+        whole = self._inflate.message(data, self._max_size)
+        if whole is None:
+            self._broken = True
+            self._on_control(_TOO_BIG, b"")
+            return False
+        self._on_message(whole, now)
+        return True
 
 
 class SessionProtocol(asyncio.BufferedProtocol):

@@ -136,31 +136,74 @@ def test_a_refused_handshake_names_the_status() -> None:
     assert session.failure() == "handshake refused: HTTP/1.1 429 Too Many Requests"
 
 
-def test_a_deflate_session_reads_compressed_messages() -> None:
+def _deflate_pair(**factory: object) -> tuple[Session, ServerProtocol, list[bytes]]:
     from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
     got: list[bytes] = []
-    session = Session("ws://example.test/ws", lambda p, now: got.append(p), compression=True)
-    server = ServerProtocol(extensions=[ServerPerMessageDeflateFactory()])
+    session = Session(
+        "ws://example.test/ws", lambda p, now: got.append(p), compression=True, max_size=20_000
+    )
+    server = ServerProtocol(extensions=[ServerPerMessageDeflateFactory(**factory)])  # type: ignore[arg-type]
     for data in session.writes():
         server.receive_data(data)
     [request] = server.events_received()
     server.send_response(server.accept(request))  # type: ignore[arg-type]
     _to_client(server, session)
-    assert session.open
-    server.send_text(b'{"type": "delta"}' * 50)
+    assert session.open and session.frames is not None, "the lean reader inflates"
+    return session, server, got
+
+
+@pytest.mark.parametrize("one_read", [True, False])
+@pytest.mark.parametrize(
+    "factory",
+    [{}, {"server_no_context_takeover": True}, {"server_max_window_bits": 9}],
+    ids=["takeover", "no-takeover", "window-9"],
+)
+def test_a_deflate_session_reads_compressed_messages(
+    factory: dict[str, object], one_read: bool
+) -> None:
+    session, server, got = _deflate_pair(**factory)
+    messages = [b'{"type": "delta", "seq": %d}' % i * 40 for i in range(5)]
+    for message in messages[:3]:
+        server.send_text(message)
     wire = server.data_to_send()
-    assert sum(map(len, wire)) < 200  # compressed on the wire
+    assert sum(map(len, wire)) < sum(map(len, messages[:3])) / 4  # compressed on the wire
     session.receive(b"".join(wire), 1.0)
-    assert got == [b'{"type": "delta"}' * 50]
-    assert server.state is State.OPEN
+    server.send_text(b"plain", fin=False)  # fragmented: RSV1 on the first frame only
+    server.send_continuation(messages[3], fin=True)
+    server.send_text(messages[4])
+    _to_client(server, session, one_read=one_read)
+    assert got == [*messages[:3], b"plain" + messages[3], messages[4]]
+    assert server.state is State.OPEN and not session.closing
+
+
+def test_a_deflate_session_refuses_a_message_that_inflates_too_big() -> None:
+    session, server, got = _deflate_pair()
+    server.send_text(b"x" * 30_000)  # a few dozen bytes on the wire
+    assert not _to_client(server, session)
+    assert session.closing and got == []
+    [close] = _to_server(session, server)
+    assert Close.parse(close.data).code == 1009
+
+
+def test_rsv1_without_permessage_deflate_is_a_protocol_error() -> None:
+    session, server, got = _pair()
+    payload = b"not compressed"
+    frame = bytes((0xC1, len(payload))) + payload  # FIN, RSV1, text; unmasked
+    assert not session.receive(frame, 1.0)
+    assert session.closing and got == []
+    [close] = _to_server(session, server)
+    assert Close.parse(close.data).code == 1002
 
 
 # -- against the real gateway ---------------------------------------------------------
 
 
 @requires_mosquitto
-async def test_clients_read_every_delta_of_the_real_gateway(mosquitto: Mosquitto) -> None:
+@pytest.mark.parametrize("compression", [False, True], ids=["plain", "deflate"])
+async def test_clients_read_every_delta_of_the_real_gateway(
+    mosquitto: Mosquitto, compression: bool
+) -> None:
     race = "conn-live"
     ticker = Ticker(race, padding=100)
     settings = GatewaySettings(ping_interval_s=0.05, ping_timeout_s=PING_TIMEOUT_S)
@@ -178,7 +221,10 @@ async def test_clients_read_every_delta_of_the_real_gateway(mosquitto: Mosquitto
         await until(lambda: race in gw.races, WAIT_S, "the race")
         url = f"ws://127.0.0.1:{port}/ws"
         clients = [
-            asyncio.ensure_future(run_lean_client(s, recorder, url, stop=stop)) for s in states
+            asyncio.ensure_future(
+                run_lean_client(s, recorder, url, stop=stop, compression=compression)
+            )
+            for s in states
         ]
         await until(lambda: all(s.snapshots for s in states), WAIT_S, "every snapshot")
         first = ticker.seq
@@ -199,6 +245,9 @@ async def test_clients_read_every_delta_of_the_real_gateway(mosquitto: Mosquitto
         assert s.messages == 1 + (ticker.seq - first)  # snapshot, then one delta per step
     # Every delta's latency, none of the first snapshots'.
     assert recorder.take_histogram().get_total_count() == 4 * (ticker.seq - first)
+    # Compressed once per delta for the four, when they asked for it.
+    assert gw.metrics.deflate_shared.value >= (3 * 30 if compression else 0)
+    assert (gw.metrics.deflated.value > 0) is compression
 
 
 @requires_mosquitto

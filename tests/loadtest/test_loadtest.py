@@ -247,7 +247,8 @@ async def test_a_client_reads_every_frame_and_checks_the_chain(impl: str) -> Non
         if impl == "websockets":
             await asyncio.wait_for(run_websockets_client(state, recorder, url, stop=stop), 10)
         else:
-            # With permessage-deflate, websockets reads the frames too.
+            # With permessage-deflate (websockets compresses each frame), the lean reader
+            # inflates them.
             lean = run_lean_client(state, recorder, url, stop=stop, compression=impl == "deflate")
             await asyncio.wait_for(lean, 10)
     assert state.connected
