@@ -27,7 +27,7 @@ from bench.workload import figure, race_events
 from broker.bus import parse_url
 from broker.mosquitto import Mosquitto
 from chequered.contract import board, topics
-from consumers.gateway.server import server_frame
+from consumers.gateway.core.deflate import text_frame
 from consumers.standings.fold import apply, delta, new_race, snapshot
 from loadtest import run as loadtest
 from loadtest.client import Assignment, WorkerConfig, raise_fd_limit
@@ -117,7 +117,7 @@ def _bare_server(conn: Connection, url: str, mode: ServerMode) -> None:
                 elif mode == "coalesced":
                     if not pending:
                         loop.call_soon(flush)
-                    pending.append(server_frame(payload))
+                    pending.append(text_frame(payload))
                 else:
                     broadcast(clients, payload.decode())
 

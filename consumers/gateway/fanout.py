@@ -37,7 +37,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import ExtensionParameter
 
 from chequered import log as logmod
-from consumers.gateway.core.deflate import WINDOW_BITS, SharedDeflate, Stream
+from consumers.gateway.core.deflate import WINDOW_BITS, SharedDeflate, Stream, text_frame
 from consumers.gateway.core.session import Counts, Session
 from consumers.gateway.core.settings import GatewaySettings
 
@@ -104,18 +104,6 @@ def limit_handshakes(settings: GatewaySettings) -> None:
     """Apply the handshake's header limits (websockets keeps them module-wide, per process)."""
     websockets.http11.MAX_LINE_LENGTH = settings.max_line_bytes
     websockets.http11.MAX_NUM_HEADERS = settings.max_headers
-
-
-def server_frame(payload: bytes) -> bytes:
-    """An unmasked, final text frame from server to client, with no extension (RFC 6455)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, n))
-    elif n < 1 << 16:
-        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    return head + payload
 
 
 _OPEN = State.OPEN
@@ -244,7 +232,7 @@ class Writer:
                 # A reply may echo what the client sent: it goes plain (no compression oracle).
                 deflate = self.fanout.deflate
                 frames = [
-                    server_frame(frame.data)
+                    text_frame(frame.data)
                     if frame.kind == "reply"
                     else deflate.frame(stream, frame.data)
                     for frame in due
@@ -255,7 +243,7 @@ class Writer:
                     data = frame.data
                     known = None if wire is None else wire.get(id(data))
                     if known is None:
-                        known = (data, server_frame(data))
+                        known = (data, text_frame(data))
                         if wire is not None:
                             wire[id(data)] = known
                     frames.append(known[1])

@@ -38,7 +38,6 @@ from consumers.gateway.fanout import (
     Writer,
     check_websockets,
     limit_handshakes,
-    server_frame,
 )
 from consumers.gateway.http import Routes, peer_address
 from consumers.gateway.metrics import GatewayCollector, Gauges
@@ -50,7 +49,6 @@ __all__ = [
     "MetricsPortError",
     "UnsupportedWebsockets",
     "run_gateway",
-    "server_frame",
     "tls_context",
 ]
 

@@ -47,15 +47,17 @@ class Compressor(Protocol):
     def flush(self, mode: int = ..., /) -> bytes: ...
 
 
-def compressed_frame(data: bytes) -> bytes:
-    """A final text frame from server to client with RSV1 set: ``data`` is deflated."""
+def text_frame(data: bytes, *, compressed: bool = False) -> bytes:
+    """A final, unmasked text frame from server to client (RFC 6455), with no extension or,
+    when ``compressed``, RSV1 set: ``data`` is deflated (RFC 7692)."""
+    first = 0xC1 if compressed else 0x81
     n = len(data)
     if n < 126:
-        head = bytes((0xC1, n))
+        head = bytes((first, n))
     elif n < 1 << 16:
-        head = bytes((0xC1, 126)) + n.to_bytes(2, "big")
+        head = bytes((first, 126)) + n.to_bytes(2, "big")
     else:
-        head = bytes((0xC1, 127)) + n.to_bytes(8, "big")
+        head = bytes((first, 127)) + n.to_bytes(8, "big")
     return head + data
 
 
@@ -145,4 +147,4 @@ class SharedDeflate:
         data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
         if data.endswith(_TAIL):
             data = data[:-4]
-        return Node(payload, compressed_frame(data), compressor, self.generation)
+        return Node(payload, text_frame(data, compressed=True), compressor, self.generation)

@@ -8,6 +8,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection
 
 from consumers.gateway import fanout
+from consumers.gateway.core.deflate import text_frame
 
 
 def test_the_installed_websockets_is_a_tested_release() -> None:
@@ -42,6 +43,7 @@ def test_the_start_up_check_names_what_a_release_lacks(monkeypatch: pytest.Monke
 
 
 def test_server_frames_are_rfc_6455_text_frames() -> None:
-    assert fanout.server_frame(b"hi") == b"\x81\x02hi"
-    assert fanout.server_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
-    assert fanout.server_frame(b"x" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")
+    assert text_frame(b"hi") == b"\x81\x02hi"
+    assert text_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
+    assert text_frame(b"x" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")
+    assert text_frame(b"hi", compressed=True) == b"\xc1\x02hi"  # RSV1: deflated
