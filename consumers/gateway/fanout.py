@@ -187,6 +187,7 @@ class Writer:
     def room(self, pending: int) -> bool:
         return (
             not self.sending
+            and self.closing is None
             and self.protocol.state is _OPEN
             and self.transport.get_write_buffer_size() + pending < self.write_limit
         )
@@ -218,7 +219,7 @@ class Writer:
         ws = self.ws
         protocol = ws.protocol
         if (
-            protocol.state is not State.OPEN
+            protocol.state is not _OPEN
             or ws.send_in_progress is not None
             or protocol.expect_continuation_frame
         ):

@@ -195,7 +195,8 @@ class Port(Protocol):
         ...
 
     def room(self, pending: int) -> bool:
-        """Whether the socket takes ``pending`` more bytes now (open, idle, under its limit)."""
+        """Whether the socket takes ``pending`` more bytes now (open and not closing, idle,
+        under its limit): never when ``gone``."""
         ...
 
     def flush_later(self) -> None:
@@ -239,18 +240,21 @@ class Session:
 
     def send(self, frame: Frame) -> None:
         """Queue a frame without ever waiting on the client."""
-        if self.closing or self.port.gone():
-            return  # on its way out: nothing more is owed to it
-        if not self.outbox.frames and self.port.room(self.due_bytes):
+        if self.closing:
+            return
+        port = self.port
+        if not self.outbox.frames and port.room(self.due_bytes):
             # The socket takes it at the end of this turn of the event loop, with the
             # other frames due to this client: one write (one system call) per turn.
             if not self.due:
-                self.port.flush_later()
+                port.flush_later()
             self.due.append(frame)
             self.due_bytes += len(frame.data)
             return
+        if port.gone():
+            return  # on its way out: nothing more is owed to it
         self.enqueue(frame)
-        self.port.wake()
+        port.wake()
 
     def take(self) -> tuple[list[Frame], int]:
         """The frames due and their size, handed over to be written."""

@@ -43,7 +43,7 @@ class FakePort:
         return self.closed is not None
 
     def room(self, pending: int) -> bool:
-        return self.room_bytes is None or pending < self.room_bytes
+        return not self.gone() and (self.room_bytes is None or pending < self.room_bytes)
 
     def flush_later(self) -> None:
         self.flushes += 1
