@@ -702,6 +702,15 @@ def test_a_kept_board_equals_the_whole_board_over_a_real_race(every: int, part: 
     assert _kept_boards_agree(stream, every=every) > len(stream) // every * 10
 
 
+def test_a_kept_board_equals_the_whole_board_over_a_synthesised_race_in_windows() -> None:
+    """Monterey 2013 as the timeline makes it (pit stops, retirements, cars changing
+    places all race long), a board every 6 events, as the projector builds them at 60x."""
+    from simulator.timeline import build as timeline
+
+    events = list(timeline.build(load(REPLAYS / "alms-2013-monterey-race.json"), seed=3))
+    assert _kept_boards_agree(events, every=6) > len(events) // 6 * 20
+
+
 def _field_on_lap_two() -> Script:
     s = Script([("1", "P"), ("2", "P"), ("3", "P"), ("4", "G"), ("5", "G")], lines=3)
     for d in range(1, 5):
