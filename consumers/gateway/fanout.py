@@ -5,7 +5,8 @@ fan-out encodes each payload once per turn of the event loop and hands each
 client's frames to its transport in one write, beside the library rather than
 through ``ServerConnection.send`` (which encodes per client and awaits). That
 needs attributes websockets does not document (``send_in_progress``,
-``send_data``, ``protocol.writes``, ``protocol.expect_continuation_frame``) and
+``send_data``, ``send_context``, ``protocol.writes``,
+``protocol.expect_continuation_frame``) and
 its module-level handshake limits: ``check_websockets`` names any that a
 release lacks before the gateway listens, and ``TESTED`` lists the releases
 this was tested with (``tests/consumers/gateway/test_fanout.py`` fails on others).
@@ -31,14 +32,14 @@ from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
 )
-from websockets.frames import Frame
+from websockets.frames import Frame as WireFrame
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import ExtensionParameter
 
 from chequered import log as logmod
 from consumers.gateway.core.deflate import WINDOW_BITS, SharedDeflate, Stream, text_frame
-from consumers.gateway.core.session import Counts, Session
+from consumers.gateway.core.session import Counts, Frame, Session
 from consumers.gateway.core.settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -51,7 +52,13 @@ log = logmod.get(__name__)
 TESTED = ("16", "17")
 """websockets major releases whose internals this module was tested with (pyproject pins them)."""
 
-CONNECTION_ATTRIBUTES = ("send_in_progress", "send_data", "transport", "protocol")
+CONNECTION_ATTRIBUTES = (
+    "send_in_progress",
+    "send_data",
+    "send_context",
+    "transport",
+    "protocol",
+)
 PROTOCOL_ATTRIBUTES = (
     "writes",
     "expect_continuation_frame",
@@ -128,7 +135,7 @@ class InboundDeflate(PerMessageDeflate):
         self.takeover = not agreed.local_no_context_takeover
         """Whether we may refer back to earlier messages (no ``server_no_context_takeover``)."""
 
-    def encode(self, frame: Frame) -> Frame:
+    def encode(self, frame: WireFrame) -> WireFrame:
         return frame
 
 
@@ -286,13 +293,26 @@ class Writer:
                 self.sending = True
                 try:
                     # Waits while the transport buffer is over write_limit: only this client waits.
-                    await self.ws.send(frame.data, text=True)
+                    await self._send(frame)
                 except ConnectionClosed:
                     return
                 finally:
                     self.sending = False
                 self.fanout.counts.frames_out.inc()
                 self.fanout.counts.bytes_out.inc(len(frame.data))
+
+    async def _send(self, frame: Frame) -> None:
+        """One frame of the outbox, written when the transport takes it. A client that
+        compresses gets standings compressed here too, in the order of its chain: a slow
+        client is the one that gains most from smaller frames."""
+        stream = self.stream
+        ws = self.ws
+        if stream is None or frame.kind == "reply":
+            await ws.send(frame.data, text=True)
+            return
+        # As ``send``: the connection must be open; the write is followed by the drain.
+        async with ws.send_context():
+            ws.transport.write(self.fanout.deflate.frame(stream, frame.data))
 
 
 class Fanout:

@@ -615,6 +615,43 @@ async def test_a_stuck_client_is_coalesced_while_another_gets_every_delta(
     assert board.encode(stuck_view.snapshot) == board.encode(reader_view.snapshot)
 
 
+async def test_a_slow_client_that_compresses_gets_its_outbox_compressed_and_catches_up(
+    module_mosquitto: Mosquitto,
+) -> None:
+    """Frames that wait in the outbox go out compressed too, in the order of the client's
+    chain: its inflater (websockets', checking every frame) reads them all."""
+    settings = GatewaySettings(queue_frames=400, write_limit=512, send_buffer=4096)
+    race = Standings("gw-slow-deflate", padding=400)
+    deltas = 200
+    async with bus.connect(module_mosquitto.url) as pub:
+        await publish_snapshot(pub, race.snapshot())
+        async with running_gateway(module_mosquitto.url, settings) as (gateway, port):
+            await until(lambda: "gw-slow-deflate" in gateway.races, "the retained snapshot")
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.setblocking(False)
+            url = f"ws://127.0.0.1:{port}/ws"
+            async with connect(url, sock=sock, max_queue=None) as slow:
+                assert slow.protocol.extensions, "permessage-deflate agreed"
+                view = Follower()
+                view.feed(await request(slow, {"op": "subscribe", "race": "gw-slow-deflate"}))
+                slow.transport.pause_reading()
+                for _ in range(deltas):
+                    await publish_delta(pub, race.step())
+                await until(
+                    lambda: any(s.queued_frames for s in gateway.client_stats()),
+                    "frames waiting in the slow client's outbox",
+                )
+                deflated = gateway.metrics.deflated.value
+                slow.transport.resume_reading()
+                await view.follow(slow, race.seq)
+                assert gateway.metrics.deflated.value > deflated  # the outbox, compressed
+    assert view.deltas == deltas and view.snapshots == 1  # in order, nothing coalesced
+    assert view.snapshot is not None
+    assert board.encode(view.snapshot) == board.encode(race.snapshot())
+
+
 async def test_health_metrics_and_widget_files_over_http(module_mosquitto: Mosquitto) -> None:
     async with running_gateway(module_mosquitto.url) as (gateway, port):
         await until(lambda: gateway.broker_connected, "the broker connection")
