@@ -2,7 +2,8 @@
 
 One run of the real pipeline (producer, Mosquitto, projector, gateway and the
 load test's websocket clients, each in processes of their own) replays the
-2013 Monterey race at 60x. Each process's CPU time over the same window (from
+2013 Monterey race at 60x, at the scale target's load (100 races, 2,000
+clients). Each process's CPU time over the same window (from
 just before the races resume to the end of the drain) is divided by the work
 that stage did in it: the events the producer published and the projector
 folded (its MQTT work included: it is the same process), the frames the
@@ -21,8 +22,10 @@ from typing import Any
 
 from bench.workload import DEFAULT_RECORDING, figure
 
-SHAPE = {"races": 25, "speed": 60.0, "clients": 200, "duration_s": 30.0}
-"""Enough races and clients that the per-unit costs are steady; small enough for 2 cores."""
+SHAPE = {"races": 100, "speed": 60.0, "clients": 2000, "duration_s": 30.0}
+"""The scale target's load, where the budgets are set: each stage is busy, its batches
+are large (at 25 races and 200 clients every stage spends a half to twice as much per
+unit, for a lower latency)."""
 QUICK = {"races": 6, "speed": 60.0, "clients": 40, "duration_s": 10.0}
 
 BUDGET_US = {
@@ -86,12 +89,13 @@ def run(quick: bool = False, *, projectors: int = 1, gateways: int = 1) -> dict[
         )
     figures.append(
         figure(
-            "mean websocket delta frame, Monterey 60x",
+            "mean websocket delta, Monterey 60x, encoded (uncompressed clients)",
             ws["mean_delta_bytes"],
             "bytes",
-            target=DELTA_BYTES_BUDGET,
             higher_is_better=False,
-            note=f"{ws['deltas']:,} deltas of {ws['messages']:,} frames; {command}",
+            note=f"{ws['deltas']:,} deltas of {ws['messages']:,} frames; {command}; the "
+            f"budget of {DELTA_BYTES_BUDGET:g} bytes is the frame on the wire, which a client "
+            "that asks for permessage-deflate gets (python -m bench fold)",
         )
     )
     return {
