@@ -136,6 +136,7 @@ async def _measure(
     *,
     bare: bool,
     server_pid: int,
+    compression: bool = False,
 ) -> dict[str, Any]:
     clients = [
         loadtest._spawn_workers(
@@ -147,6 +148,7 @@ async def _measure(
                     Assignment(i, RACE) for i in range(CLIENTS) if i % CLIENT_PROCESSES == w
                 ),
                 interval_s=TICK_S,
+                compression=compression,
             ),
         )
         for w in range(CLIENT_PROCESSES)
@@ -217,7 +219,9 @@ async def _measure(
     }
 
 
-async def _gateway_run(url: str, snap: bytes, deltas: list[bytes], last_seq: int) -> dict[str, Any]:
+async def _gateway_run(
+    url: str, snap: bytes, deltas: list[bytes], last_seq: int, *, compression: bool = False
+) -> dict[str, Any]:
     gateway = loadtest._spawn("gateway", loadtest._gateway_child, url, "127.0.0.1")
     try:
         port = await loadtest._wait_for(gateway, "ready", loadtest.READY_TIMEOUT_S)
@@ -227,7 +231,14 @@ async def _gateway_run(url: str, snap: bytes, deltas: list[bytes], last_seq: int
             await bus.publish(topics.topic(RACE, topics.STANDINGS), snap, qos=1, retain=True)
         first_seq = board.decode_snapshot(snap).seq
         result = await _measure(
-            url, port, first_seq, deltas, last_seq, bare=False, server_pid=loadtest._pid(gateway)
+            url,
+            port,
+            first_seq,
+            deltas,
+            last_seq,
+            bare=False,
+            server_pid=loadtest._pid(gateway),
+            compression=compression,
         )
         metrics = gateway.latest("metrics") or {}
         result["gateway"] = {k: v for k, v in metrics.items() if k != "seqs"}
@@ -249,11 +260,17 @@ async def _bare_run(
         loadtest._terminate(server)
 
 
+def _wire_bytes(metrics: dict[str, Any]) -> float:
+    frames = float(metrics.get("deflated", 0)) + float(metrics.get("deflate_shared", 0))
+    return float(metrics.get("deflate_out_bytes", 0)) / frames if frames else 0.0
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     count = 60 if quick else DELTAS
     snap, deltas, last_seq = race_deltas(count)
     with Mosquitto() as broker:
         gateway = asyncio.run(_gateway_run(broker.url, snap, deltas, last_seq))
+        deflating = asyncio.run(_gateway_run(broker.url, snap, deltas, last_seq, compression=True))
         bare = asyncio.run(_bare_run(broker.url, deltas, last_seq, mode="bare"))
         naive = asyncio.run(_bare_run(broker.url, deltas, last_seq, mode="naive"))
         coalesced = asyncio.run(_bare_run(broker.url, deltas, last_seq, mode="coalesced"))
@@ -262,6 +279,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "deltas": len(deltas),
         "mean_delta_bytes": round(sum(map(len, deltas)) / len(deltas), 1),
         "gateway": gateway,
+        "gateway_deflate": deflating,
         "bare_broadcast": bare,
         "naive_server": naive,
         "coalesced_prototype": coalesced,
@@ -289,6 +307,14 @@ def run(quick: bool = False) -> dict[str, Any]:
                 },
                 note="what one idle core would give the gateway; wall time on this machine "
                 "includes the clients and the broker",
+            ),
+            figure(
+                "the same, every client asking for permessage-deflate, per CPU-second",
+                deflating["frames_per_server_cpu_s"],
+                "frames/s",
+                note=f"{deflating['frames_per_s']:,.0f} frames/s wall; "
+                f"{_wire_bytes(deflating['gateway']):,.0f} bytes a frame on the wire, "
+                f"{sum(map(len, deltas)) / len(deltas):,.0f} encoded; gaps {deflating['gaps']}",
             ),
         ],
     }
