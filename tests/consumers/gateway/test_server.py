@@ -954,11 +954,14 @@ class RawClient:
         return cls(reader, writer), ";".join(agreed)
 
     def send(self, message: object) -> None:
-        data = json.dumps(message).encode()
+        self.send_raw(json.dumps(message).encode())
+
+    def send_raw(self, data: bytes, first: int = 0x81) -> None:
+        """One masked frame: ``first`` is FIN, RSV and opcode (0x81: a final text frame)."""
         assert len(data) < 126
         mask = b"\x01\x02\x03\x04"
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-        self.writer.write(bytes((0x81, 0x80 | len(data))) + mask + masked)
+        self.writer.write(bytes((first, 0x80 | len(data))) + mask + masked)
 
     async def recv(self) -> tuple[bool, dict[str, Any]]:
         """The next text message and whether it came compressed (RSV1)."""
@@ -1031,3 +1034,26 @@ async def test_a_client_asking_for_deflate_gets_standings_compressed_and_replies
     assert all(view.deltas == 20 for view in views)
     assert clients[0].wire_bytes < 0.5 * clients[0].payload_bytes
     assert plain.wire_bytes == plain.payload_bytes
+
+
+async def test_a_compressed_frame_that_does_not_inflate_closes_only_its_connection(
+    module_mosquitto: Mosquitto,
+) -> None:
+    async with running_gateway(module_mosquitto.url) as (gateway, port):
+        offer = "permessage-deflate"
+        broken, agreed = await RawClient.open(port, offer)
+        assert "permessage-deflate" in agreed
+        other, _ = await RawClient.open(port, offer)
+        broken.send_raw(b"\xff\xfe not deflate at all", first=0xC1)  # RSV1: compressed
+        head = await asyncio.wait_for(broken.reader.readexactly(2), WAIT_S)
+        assert head[0] & 0x0F == 0x8, "a close frame"
+        close = await broken.reader.readexactly(head[1] & 0x7F)
+        assert int.from_bytes(close[:2], "big") == 1002
+        assert b"decompression failed" in close[2:]  # the reason names what was wrong
+        other.send({"op": "ping", "id": 7})
+        compressed, message = await other.recv()
+        assert message["type"] == "pong" and not compressed
+        broken.writer.close()  # it goes without answering the close
+        await until(lambda: gateway.metrics.closes["1002"] == 1, "the close to be counted")
+        assert len(gateway.clients) == 1
+        other.writer.close()
