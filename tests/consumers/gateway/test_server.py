@@ -226,6 +226,16 @@ def http_get(port: int, path: str) -> tuple[int, str, bytes]:
         return exc.code, exc.headers.get("Content-Type", ""), exc.read()
 
 
+def small_socket(port: int) -> socket.socket:
+    """A connected socket to the gateway with a small receive buffer: a client that stops
+    reading backs its frames up into the gateway quickly."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    return sock
+
+
 class Follower:
     """A client's view of one race: checks contiguity and rebuilds the board from frames."""
 
@@ -566,10 +576,7 @@ async def test_a_stuck_client_is_coalesced_while_another_gets_every_delta(
         async with running_gateway(module_mosquitto.url, settings) as (gateway, port):
             await until(lambda: "gw-stuck" in gateway.races, "the retained snapshot")
             url = f"ws://127.0.0.1:{port}/ws"
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", port))
-            sock.setblocking(False)
+            sock = small_socket(port)
             # The reader buffers all it receives (max_queue=None) and reads while we publish.
             # Uncompressed, so that the stuck one's frames fill its buffers as they are.
             async with (
@@ -627,10 +634,7 @@ async def test_a_slow_client_that_compresses_gets_its_outbox_compressed_and_catc
         await publish_snapshot(pub, race.snapshot())
         async with running_gateway(module_mosquitto.url, settings) as (gateway, port):
             await until(lambda: "gw-slow-deflate" in gateway.races, "the retained snapshot")
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", port))
-            sock.setblocking(False)
+            sock = small_socket(port)
             url = f"ws://127.0.0.1:{port}/ws"
             async with connect(url, sock=sock, max_queue=None) as slow:
                 assert slow.protocol.extensions, "permessage-deflate agreed"
@@ -780,10 +784,7 @@ async def test_a_client_that_never_reads_but_keeps_asking_is_closed(
         await publish_snapshot(pub, race.snapshot())
         async with running_gateway(module_mosquitto.url, settings) as (gateway, port):
             await until(lambda: "gw-deaf" in gateway.races, "the retained snapshot")
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", port))
-            sock.setblocking(False)
+            sock = small_socket(port)
             url = f"ws://127.0.0.1:{port}/ws"
             async with connect(url, sock=sock, compression=None) as deaf:
                 await request(deaf, {"op": "subscribe", "race": "gw-deaf"})
