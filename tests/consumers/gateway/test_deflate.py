@@ -66,7 +66,11 @@ def test_a_client_out_of_step_gets_its_own_chain_and_meets_the_others_at_the_nex
     assert steady.read(deflate.frame(steady.stream, payload)) == payload
     assert late.read(deflate.frame(late.stream, payload)) == payload
     assert late.stream.node is not steady.stream.node
+    ends = [late.stream.node, steady.stream.node]
+    assert all(node is not None and node.compressor is not None for node in ends)
     deflate.tick()
+    # The old chains take nothing more: their compressors are freed at once.
+    assert all(node is not None and node.compressor is None for node in ends)
     before = deflate.counts.deflated.value
     payload = delta(0, 6)
     assert steady.read(deflate.frame(steady.stream, payload)) == payload
