@@ -208,8 +208,8 @@ class Boards:
         """Per race, the board as of the last snapshot or delta published."""
         self.next_snapshot_at: dict[str, float] = {}
         self.owed: dict[str, float] = {}
-        """Races whose snapshot the rate limit holds back, and when it is due."""
-        """Races whose retained snapshot is behind their last delta."""
+        """Races whose retained snapshot is behind their last delta (the rate limit holds
+        it back), and when it is due."""
         self.next_delta_at: dict[str, float] = {}
         """Per race, when its coalescing window lets the next delta go."""
         self.dirty: set[str] = set()
