@@ -231,7 +231,8 @@ class Inflate:
         self.inflater = zlib.decompressobj(-window_bits)
 
     def message(self, data: bytes, max_size: int) -> bytes | None:
-        """The message inflated; None when it would be larger than ``max_size``."""
+        """The message inflated; None when it would be larger than ``max_size``.
+        ``zlib.error`` when it is not deflate data that follows what came before."""
         if self.fresh:
             self.inflater = zlib.decompressobj(-self.bits)
         inflater = self.inflater
@@ -349,7 +350,12 @@ class FrameReader:
         """Inflate a compressed message and hand it on; False (the connection is over) when
         it inflates past ``max_size``."""
         assert self._inflate is not None
-        whole = self._inflate.message(data, self._max_size)
+        try:
+            whole = self._inflate.message(data, self._max_size)
+        except zlib.error:
+            self._broken = True
+            self._on_control(_BROKEN, b"")  # not deflate data: a protocol error, 1002
+            return False
         if whole is None:
             self._broken = True
             self._on_control(_TOO_BIG, b"")

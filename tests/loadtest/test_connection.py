@@ -186,6 +186,15 @@ def test_a_deflate_session_refuses_a_message_that_inflates_too_big() -> None:
     assert Close.parse(close.data).code == 1009
 
 
+def test_a_compressed_message_that_does_not_inflate_is_a_protocol_error() -> None:
+    session, server, got = _deflate_pair()
+    payload = b"\xff\xfe not deflate"
+    assert not session.receive(bytes((0xC1, len(payload))) + payload, 1.0)
+    assert session.closing and got == []
+    [close] = _to_server(session, server)
+    assert Close.parse(close.data).code == 1002
+
+
 def test_rsv1_without_permessage_deflate_is_a_protocol_error() -> None:
     session, server, got = _pair()
     payload = b"not compressed"
