@@ -168,7 +168,13 @@ def test_every_broker_config_starts_a_broker_without_complaint(name: str, tmp_pa
     try:
         assert broker.proc is not None and broker.proc.stderr is not None
         broker.proc.terminate()
-        broker.proc.wait(10)
+        try:
+            broker.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            # Seen once in a full run on the busy machine: the broker, listening, did not
+            # end on the SIGTERM sent at once; it did on a second one.
+            broker.proc.terminate()
+            broker.proc.wait(10)
         # Notes about the config go to stderr before the log file is open.
         said = broker.proc.stderr.read().decode() + broker.log()
     finally:
