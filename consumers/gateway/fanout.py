@@ -236,15 +236,7 @@ class Writer:
                 ws.send_data()  # whatever the library has queued (a pong) goes first
             stream = self.stream
             if stream is not None:
-                # Standings are the same for every client in step: compressed once, shared.
-                # A reply may echo what the client sent: it goes plain (no compression oracle).
-                deflate = self.fanout.deflate
-                frames = [
-                    text_frame(frame.data)
-                    if frame.kind == "reply"
-                    else deflate.frame(stream, frame.data)
-                    for frame in due
-                ]
+                frames = [self._deflated(stream, frame) for frame in due]
             elif self.plain_frames:
                 frames = []
                 for frame in due:
@@ -301,18 +293,26 @@ class Writer:
                 self.fanout.counts.frames_out.inc()
                 self.fanout.counts.bytes_out.inc(len(frame.data))
 
+    def _deflated(self, stream: Stream, frame: Frame) -> bytes:
+        """A frame's bytes for a client that compresses. Standings are the same for every
+        client in step: compressed once, shared. A reply may echo what the client sent: it
+        goes plain (no compression oracle)."""
+        if frame.kind == "reply":
+            return text_frame(frame.data)
+        return self.fanout.deflate.frame(stream, frame.data)
+
     async def _send(self, frame: Frame) -> None:
         """One frame of the outbox, written when the transport takes it. A client that
         compresses gets standings compressed here too, in the order of its chain: a slow
         client is the one that gains most from smaller frames."""
         stream = self.stream
         ws = self.ws
-        if stream is None or frame.kind == "reply":
+        if stream is None:
             await ws.send(frame.data, text=True)
             return
         # As ``send``: the connection must be open; the write is followed by the drain.
         async with ws.send_context():
-            ws.transport.write(self.fanout.deflate.frame(stream, frame.data))
+            ws.transport.write(self._deflated(stream, frame))
 
 
 class Fanout:

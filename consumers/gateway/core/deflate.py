@@ -122,34 +122,32 @@ class SharedDeflate:
         """The compressed frame of ``payload`` for the client at ``stream``, which moves on."""
         counts = self.counts
         node = stream.node
+        got: Node | None = None
         if node is not None and stream.takeover and node.generation == self.generation:
             child = node.child
             if child is None and node.compressor is not None:
-                child = self._node(node.compressor, payload)
+                got = node.child = self._node(node.compressor, payload)
                 node.compressor = None
-                node.child = child
                 counts.deflated.inc()
             elif child is not None and child.payload is payload:
+                got = child
                 counts.deflate_shared.inc()
+            # else its next message is not the chain's: out of step, a root below
+        if got is None:
+            key = (id(payload), stream.window_bits)
+            got = self.roots.get(key)
+            if got is None:
+                compressor = zlib.compressobj(
+                    self.level, zlib.DEFLATED, -stream.window_bits, MEM_LEVEL
+                )
+                got = self.roots[key] = self._node(compressor, payload)
+                counts.deflated.inc()
             else:
-                child = None  # its next message is not the chain's: out of step
-            if child is not None:
-                stream.node = child
-                counts.deflate_in_bytes.inc(len(payload))
-                counts.deflate_out_bytes.inc(len(child.frame))
-                return child.frame
-        key = (id(payload), stream.window_bits)
-        root = self.roots.get(key)
-        if root is None:
-            compressor = zlib.compressobj(self.level, zlib.DEFLATED, -stream.window_bits, MEM_LEVEL)
-            root = self.roots[key] = self._node(compressor, payload)
-            counts.deflated.inc()
-        else:
-            counts.deflate_shared.inc()
-        stream.node = root
+                counts.deflate_shared.inc()
+        stream.node = got
         counts.deflate_in_bytes.inc(len(payload))
-        counts.deflate_out_bytes.inc(len(root.frame))
-        return root.frame
+        counts.deflate_out_bytes.inc(len(got.frame))
+        return got.frame
 
     def _node(self, compressor: Compressor, payload: bytes) -> Node:
         data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
