@@ -76,23 +76,23 @@ class Files:
             try:
                 fd = os.open(target, os.O_WRONLY | os.O_APPEND)
             except FileNotFoundError:
-                _replace(self.directory, target, record(state) if cars is not None else data,
-                         fsync=self.fsync)  # fmt: skip
-                return target
-        try:
-            st = os.fstat(fd)
-            if st.st_nlink and st.st_size + len(data) <= COMPACT_BYTES:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self.fsync:
-                    os.fsync(fd)
-                self._keep(state.race, fd)
                 fd = -1
-                return target
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        if fd >= 0:
+            try:
+                st = os.fstat(fd)
+                if st.st_nlink and st.st_size + len(data) <= COMPACT_BYTES:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    if self.fsync:
+                        os.fsync(fd)
+                    self._keep(state.race, fd)
+                    fd = -1
+                    return target
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        # A new file, one that lost its name, or one about to grow too large: the whole state.
         _replace(self.directory, target, record(state) if cars is not None else data,
                  fsync=self.fsync)  # fmt: skip
         return target
