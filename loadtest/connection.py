@@ -318,10 +318,10 @@ class FrameReader:
                 return False
             if opcode in (OP_TEXT, OP_BINARY):
                 if b0 & 0x80:
-                    if rsv and not self._message(payload, now):
-                        return False
-                    elif not rsv:
+                    if not rsv:
                         self._on_message(payload, now)
+                    elif not self._message(payload, now):
+                        return False
                 else:
                     self._fragments = [payload]
                     self._compressed = bool(rsv)
@@ -330,10 +330,10 @@ class FrameReader:
                 if b0 & 0x80:
                     whole = b"".join(self._fragments)
                     self._fragments = []
-                    if self._compressed and not self._message(whole, now):
-                        return False
-                    elif not self._compressed:
+                    if not self._compressed:
                         self._on_message(whole, now)
+                    elif not self._message(whole, now):
+                        return False
             elif opcode in (OP_PING, OP_CLOSE):
                 self._on_control(opcode, payload)
                 plain = False

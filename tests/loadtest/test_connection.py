@@ -70,6 +70,13 @@ def _to_server(session: Session, server: ServerProtocol) -> list[Frame]:
     return [e for e in server.events_received() if isinstance(e, Frame)]
 
 
+def assert_closed(session: Session, server: ServerProtocol, got: list[bytes], code: int) -> None:
+    """The session ends, handed on nothing, and sends the server a close with ``code``."""
+    assert session.closing and got == []
+    [close] = _to_server(session, server)
+    assert Close.parse(close.data).code == code
+
+
 @pytest.mark.parametrize("one_read", [True, False])
 def test_a_session_hands_on_every_message_whole(one_read: bool) -> None:
     session, server, got = _pair()
@@ -115,9 +122,7 @@ def test_a_session_refuses_an_oversized_or_masked_frame() -> None:
     session, server, got = _pair(max_size=100)
     server.send_text(b"x" * 101)
     assert not _to_client(server, session)
-    assert session.closing and got == []
-    [close] = _to_server(session, server)
-    assert Close.parse(close.data).code == 1009
+    assert_closed(session, server, got, 1009)
 
     session, _, got = _pair()
     masked = Frame(Opcode.TEXT, b"masked").serialize(mask=True)
@@ -181,18 +186,14 @@ def test_a_deflate_session_refuses_a_message_that_inflates_too_big() -> None:
     session, server, got = _deflate_pair()
     server.send_text(b"x" * 30_000)  # a few dozen bytes on the wire
     assert not _to_client(server, session)
-    assert session.closing and got == []
-    [close] = _to_server(session, server)
-    assert Close.parse(close.data).code == 1009
+    assert_closed(session, server, got, 1009)
 
 
 def test_a_compressed_message_that_does_not_inflate_is_a_protocol_error() -> None:
     session, server, got = _deflate_pair()
     payload = b"\xff\xfe not deflate"
     assert not session.receive(bytes((0xC1, len(payload))) + payload, 1.0)
-    assert session.closing and got == []
-    [close] = _to_server(session, server)
-    assert Close.parse(close.data).code == 1002
+    assert_closed(session, server, got, 1002)
 
 
 def test_rsv1_without_permessage_deflate_is_a_protocol_error() -> None:
@@ -200,9 +201,7 @@ def test_rsv1_without_permessage_deflate_is_a_protocol_error() -> None:
     payload = b"not compressed"
     frame = bytes((0xC1, len(payload))) + payload  # FIN, RSV1, text; unmasked
     assert not session.receive(frame, 1.0)
-    assert session.closing and got == []
-    [close] = _to_server(session, server)
-    assert Close.parse(close.data).code == 1002
+    assert_closed(session, server, got, 1002)
 
 
 # -- against the real gateway ---------------------------------------------------------
