@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.bench_stages import DELTA_BYTES_BUDGET
 from bench.workload import best_of, figure, race_events
 from chequered.contract import board, topics
 from chequered.contract.events import (
@@ -35,8 +36,6 @@ from consumers.standings.fold import Board, apply, delta, new_race, snapshot, to
 if TYPE_CHECKING:
     from broker.bus import Bus
 
-DELTA_BYTES_BUDGET = 300.0
-"""Mean delta frame at Monterey 60x, the scale target's budget (``bench.bench_stages``)."""
 FOLD_TARGET = 200_000.0
 """Events per second folded, the speed target of the fold."""
 BATCH_EVENTS = 100
@@ -158,8 +157,6 @@ async def _watch_boards(reader: Bus, race: str) -> None:
 
 
 def _board_seq(topic: str, payload: bytes) -> int:
-    from chequered.contract import board
-
     if topics.leaf_of(topic) == topics.STANDINGS_DELTA:
         return board.decode_delta(payload).seq
     return board.decode_snapshot(payload).seq
