@@ -419,6 +419,17 @@ class MetaWait:
 # -- the core ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Short:
+    """What a race joined midway missed: seqs before ``seq`` (the first folded, at race
+    time ``t_ms``), and the dead letter that reports it."""
+
+    missing: int
+    seq: int
+    t_ms: int
+    letter: bytes
+
+
 class Folding:
     """The folding half of the core: messages in, standings, dead letters and resend
     requests queued, log lines noted. ``ProjectorCore`` adds the actions out."""
@@ -451,6 +462,10 @@ class Folding:
         self.resends = Resends(settings, new_id)
         self.saves = Saves(races)
         self.waiting = MetaWait(settings)
+        self.joining: dict[str, Short] = {}
+        """Races joined short by a projector of a set, waiting for the resend asked for:
+        no alarm while it is on its way; the usual one if it has not come within
+        ``resend_interval_s`` (``due``)."""
         self.pending_acks: list[object] = []
         self.outbox: list[Publish] = []
         """Dead letters and resend requests to publish at the next flush."""
@@ -602,6 +617,7 @@ class Folding:
                 m.resets.inc()
                 self._note("info", "race_reset", race=race, seq=event.seq)
                 self.resends.forget(race)
+                self.joining.pop(race, None)
         self.boards.touched[race] = touched
         if applied:
             m.applied.inc(applied)
@@ -629,22 +645,35 @@ class Folding:
         if missing <= 0:
             self._note("info", "race_joined", race=race, seq=event.seq, missing=0)
             return
-        self.metrics.gaps.inc(missing)
-        # What brings the exact board back: a backward seek replays the race from its
-        # session_open. Any race time before the current one will do; this one is just
-        # before the join, so the replay moves back the least.
-        resync = f"chequered control {race} seek --time {resync_time(event.t_ms)}"
-        self._note("warning", "race_joined", race=race, seq=event.seq, missing=missing,
-                   resync=resync)  # fmt: skip
         reason = (
             f"race joined midway from its meta: {missing} earlier seqs not folded;"
             f" event {event.seq} applied"
         )
-        self._letter(race, intake.dead_event(reason, topic, event, wall=self.wall()))
-        if self.partition is not None:
+        letter = intake.dead_event(reason, topic, event, wall=self.wall())
+        short = Short(missing, event.seq, event.t_ms, letter)
+        if self.partition is not None and self.settings.resend_on_gap:
             # A projector of a set subscribes to a race's events once its meta arrives:
-            # the first events can pass before that. Its producer sends the race again.
+            # the first events of a race that starts can pass before that. Its producer
+            # sends the race again (a reset, then the race from its start): expected, and
+            # no alarm unless the resend does not come (``due``).
+            self._note("info", "race_joined", race=race, seq=event.seq, missing=missing,
+                       resend=True)  # fmt: skip
+            self.joining[race] = short
             self._ask_resend(race, 1)
+            return
+        self._short(race, short)
+
+    def _short(self, race: str, short: Short) -> None:
+        """A race joined with seqs missing that no resend brought back: counted as a gap,
+        a warning with the operator's remedy, and a dead letter."""
+        self.metrics.gaps.inc(short.missing)
+        # What brings the exact board back: a backward seek replays the race from its
+        # session_open. Any race time before the current one will do; this one is just
+        # before the join, so the replay moves back the least.
+        resync = f"chequered control {race} seek --time {resync_time(short.t_ms)}"
+        self._note("warning", "race_joined", race=race, seq=short.seq, missing=short.missing,
+                   resync=resync)  # fmt: skip
+        self._letter(race, short.letter)
 
     def _ask_resend(self, race: str, from_seq: int) -> None:
         request = self.resends.ask(race, from_seq, self.clock())
@@ -714,7 +743,11 @@ class ProjectorCore(Folding):
         limit, resend requests held back by their interval."""
         first = len(self.outbox)  # dead letters before it wait for their flush
         for race, from_seq in sorted(self.resends.owed.items()):
+            asked = len(self.outbox)
             self._ask_resend(race, from_seq)
+            if len(self.outbox) > asked and race in self.joining:
+                # The resend asked for at the join has not come: the hole is real.
+                self._short(race, self.joining.pop(race))
         resends = self.outbox[first:]
         del self.outbox[first:]
         now = self.clock()

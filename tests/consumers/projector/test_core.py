@@ -12,8 +12,10 @@ import pytest
 from msgspec.structs import replace
 
 from chequered.contract import board, control, topics
-from chequered.contract.events import Event, Reset, encode
+from chequered.contract.events import Event, Reset, SessionOpened, encode
+from chequered.contract.partition import Partition
 from consumers.metrics import Registry
+from consumers.projector import intake
 from consumers.projector.core import (
     Acknowledge,
     Action,
@@ -34,11 +36,18 @@ class Clock:
         return self.now
 
 
-def core(settings: ProjectorSettings | None = None, clock: Clock | None = None) -> ProjectorCore:
+def core(
+    settings: ProjectorSettings | None = None,
+    clock: Clock | None = None,
+    partition: Partition | None = None,
+    registry: Registry | None = None,
+) -> ProjectorCore:
     ids = iter(range(1, 1000))
+    metrics = ProjectorMetrics(registry or Registry("t"))
     return ProjectorCore(
-        {}, settings=settings or ProjectorSettings(), metrics=ProjectorMetrics(Registry("t")),
+        {}, settings=settings or ProjectorSettings(), metrics=metrics,
         clock=clock or Clock(), wall=lambda: 1_700_000_000.0, new_id=lambda: f"id-{next(ids)}",
+        partition=partition,
     )  # fmt: skip
 
 
@@ -197,3 +206,61 @@ def test_a_lost_connection_drops_its_acknowledgements() -> None:
     feed(c, race())
     c.connection_lost()
     assert "ack" not in kinds(c.flush())
+
+
+def joined_short(clock: Clock, registry: Registry) -> tuple[ProjectorCore, list[Event]]:
+    """A projector of a set that learns a race from its meta once its first 4 events
+    have passed (it subscribes to the race's events only then)."""
+    events = race("joined", laps=4)
+    settings = ProjectorSettings(resend_interval_s=5.0)
+    c = core(settings, clock, partition=Partition(0, 1), registry=registry)
+    opened = events[0]
+    assert isinstance(opened, SessionOpened)
+    c.handle(topics.topic("joined", topics.META), encode(opened), "meta")
+    assert c.events_wanted == [topics.topic("joined", topics.EVENTS)]
+    feed(c, events[4:])
+    return c, events
+
+
+def control_and_letters(actions: list[Action] | list[Publish]) -> list[str]:
+    return [k for k in kinds(list(actions)) if k in (topics.CONTROL, topics.DEAD_LETTER)]
+
+
+def test_a_partition_joining_a_race_at_its_start_asks_a_resend_without_an_alarm() -> None:
+    clock, registry = Clock(), Registry("t")
+    c, events = joined_short(clock, registry)
+    assert control_and_letters(c.flush()) == [topics.CONTROL]  # the resend, no dead letter
+    values = registry.values()
+    assert values["joins"] == 1 and values["resends"] == 1 and values["gaps"] == 0
+    notes = c.take_notes()
+    assert [n.level for n in notes if n.event == "race_joined"] == ["info"]
+    assert not [n for n in notes if n.level == "warning"]
+    # The producer answers: a reset, then the race from its start.
+    last = events[-1].seq
+    reset = Reset(race="joined", seq=last + 1, t_ms=0, wall=0.0, target_ms=0)
+    feed(c, [reset, *(replace(e, seq=last + 1 + i) for i, e in enumerate(events, 1))], token="r")
+    c.flush()
+    clock.now += 60.0
+    assert control_and_letters(c.due()) == []
+    assert registry.values()["gaps"] == 0
+    assert c.standings.races["joined"].gaps == 0
+
+
+def test_a_partition_join_whose_resend_does_not_come_is_a_gap_then() -> None:
+    clock, registry = Clock(), Registry("t")
+    c, events = joined_short(clock, registry)
+    c.flush()
+    c.take_notes()
+    assert c.next_deadline() == 105.0
+    clock.now = 105.0
+    due = c.due()
+    # Asked again, and now the hole is reported as any gap is: counted, warned, lettered.
+    assert control_and_letters(due) == [topics.CONTROL, topics.DEAD_LETTER]
+    (letter,) = [p for p in due if topics.leaf_of(p.topic) == topics.DEAD_LETTER]
+    missing = events[4].seq - events[0].seq - 1  # the meta is the race's session_open
+    assert f"{missing} earlier seqs not folded" in intake.decode_dead_letter(letter.payload).reason
+    assert registry.values()["gaps"] == missing
+    (warning,) = [n for n in c.take_notes() if n.level == "warning"]
+    assert warning.event == "race_joined" and "seek" in str(warning.fields["resync"])
+    clock.now = 110.0
+    assert control_and_letters(c.due()) == [topics.CONTROL]  # asked again; reported once
