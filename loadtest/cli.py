@@ -93,7 +93,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--compression",
         action="store_true",
-        help="offer permessage-deflate (either client; the chequered gateway declines it)",
+        help="offer permessage-deflate, as browsers do (either client; the gateway agrees to it"
+        " unless served with --no-compression)",
     )
     parser.add_argument(
         "--client-nice", type=int, default=0, help="niceness of the client processes (default 0)"
