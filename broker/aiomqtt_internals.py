@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import re
 import select
@@ -41,13 +42,22 @@ CLIENT_METHODS: Final = (
 """aiomqtt ``Client`` methods replaced or called by ``BurstClient``."""
 CLIENT_FIELDS: Final = ("_client", "_loop", "_queue", "_disconnected", "_misc_task")
 """aiomqtt ``Client`` instance attributes read here."""
-PAHO_METHODS: Final = ("loop_read", "loop_write", "socket", "manual_ack_set", "ack")
+PAHO_METHODS: Final = (
+    "loop_read",
+    "loop_write",
+    "socket",
+    "manual_ack_set",
+    "ack",
+    "_sock_recv",
+)
 """paho ``Client`` methods used through aiomqtt's paho client."""
 PAHO_FIELDS: Final = ("_out_packet",)
 """paho ``Client`` instance attributes read here (the packets waiting to be written)."""
 TCP_CORK: Final = getattr(socket, "TCP_CORK", None)
 """Linux's option to hold a TCP socket's partial segments until it is cleared."""
 
+READ_BYTES: Final = 65536
+"""Bytes asked of the socket per read by ``BufferedRecv``: a burst of packets at once."""
 READ_BURST: Final = 16
 """Most MQTT packets read from the socket per wake-up of the event loop. Bursts of this
 size keep a turn of the loop short and, in the gateway, a turn's writes to each client
@@ -106,6 +116,42 @@ def corked(sock: object, on: bool) -> bool:
     return True
 
 
+class BufferedRecv:
+    """paho's reads of one connection, served from one buffer.
+
+    paho reads a packet with three or four ``recv()`` calls (the command byte,
+    the length a byte at a time, then the rest), each a system call. This reads
+    what the socket holds, up to ``READ_BYTES``, with one and hands paho its
+    bytes from there; paho's own ``_sock_recv`` still does the reading (its TLS
+    handling included), so its errors are paho's as before.
+    """
+
+    __slots__ = ("_buffer", "_pos", "_read")
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._read = read
+        self._buffer = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        buffer, pos = self._buffer, self._pos
+        if pos >= len(buffer):
+            buffer = self._read(READ_BYTES)  # BlockingIOError when empty: paho's "again"
+            if not buffer:
+                return buffer  # the connection closed
+            pos = 0
+            self._buffer = buffer
+        end = pos + size
+        self._pos = end
+        if pos == 0 and end >= len(buffer):
+            return buffer
+        return buffer[pos:end]
+
+    def pending(self) -> int:
+        """Bytes read from the socket that paho has not taken yet."""
+        return max(0, len(self._buffer) - self._pos)
+
+
 class BurstClient(aiomqtt.Client):
     """aiomqtt's client, reading every packet the socket holds when it wakes up.
 
@@ -143,16 +189,29 @@ class BurstClient(aiomqtt.Client):
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
         pending = getattr(sock, "pending", None)  # bytes the TLS layer has decrypted
+        # A buffer of this connection's own: nothing of an earlier one is left in it.
+        reads = BufferedRecv(functools.partial(paho.Client._sock_recv, client))
+        client._sock_recv = reads.recv  # type: ignore[method-assign,assignment]
+        held = reads.pending
 
-        def readable() -> bool:
-            return bool((pending is not None and pending() > 0) or poller.poll(0))
+        def kept() -> bool:
+            """Bytes already read that the socket's readiness will not announce again."""
+            return held() > 0 or (pending is not None and pending() > 0)
 
         def read() -> None:
+            if client.socket() is not sock:
+                return  # a read called for on a connection since replaced
             try:
                 for _ in range(READ_BURST):
                     client.loop_read()
-                    if client.socket() is None or not readable():
-                        break
+                    if client.socket() is not sock:
+                        return
+                    if not kept() and not poller.poll(0):
+                        return
+                if kept():
+                    # The burst ended with packets read but not handled: their turn comes
+                    # next, since the socket will not wake the loop for them.
+                    self._loop.call_soon(read)
             except Exception as exc:
                 self._broken(exc)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import socket
 import tomllib
@@ -9,7 +10,8 @@ import tomllib
 import pytest
 
 from broker import aiomqtt_internals as internals
-from broker.bus import BusError
+from broker.bus import BusError, connect
+from broker.mosquitto import Mosquitto
 from tests.conftest import REPO
 
 
@@ -95,3 +97,54 @@ def test_cork_is_set_and_cleared_on_tcp_and_refused_elsewhere() -> None:
     with left, right:
         assert not internals.corked(left, True)  # a Unix socket has no TCP options
     assert not internals.corked(object(), True)
+
+
+def test_buffered_reads_hand_paho_its_bytes_from_one_read_of_the_socket() -> None:
+    reads: list[bytes | type[BlockingIOError]] = [b"\x30\x05hello\x30", BlockingIOError]
+    reads += [b"\x05world", b""]
+    asked: list[int] = []
+
+    def read(size: int) -> bytes:
+        asked.append(size)
+        got = reads.pop(0)
+        if not isinstance(got, bytes):
+            raise got()
+        return got
+
+    buffered = internals.BufferedRecv(read)
+    # One read of the socket serves a packet's command byte, its length and its body.
+    assert [buffered.recv(1), buffered.recv(1), buffered.recv(5)] == [b"\x30", b"\x05", b"hello"]
+    assert buffered.pending() == 1 and asked == [internals.READ_BYTES]
+    assert buffered.recv(1) == b"\x30"
+    with pytest.raises(BlockingIOError):  # paho's "again": nothing more yet
+        buffered.recv(1)
+    assert buffered.recv(1) == b"\x05"
+    assert buffered.recv(10) == b"world"  # a short read, as recv() may give
+    assert buffered.pending() == 0
+    assert buffered.recv(1) == b""  # the connection closed
+    assert len(asked) == 4
+
+
+async def test_a_burst_longer_than_one_turn_is_read_whole(mosquitto: Mosquitto) -> None:
+    """More packets arrive at once than one turn of the loop handles (``READ_BURST``);
+    the rest are read already and the socket does not wake the loop for them again."""
+    count = internals.READ_BURST * 20
+    # No keepalive ping in the wait: nothing but the burst could wake the reader.
+    async with connect(mosquitto.url, keepalive=60) as sub, connect(mosquitto.url) as pub:
+        await sub.subscribe("chequered/v2/burst/#", qos=1)
+        for i in range(count):
+            pub.publish_nowait(f"chequered/v2/burst/{i}", b"x", lambda: None, qos=1)
+        await pub.publish("chequered/v2/burst/end", b"", qos=1)
+        seen: list[str] = []
+
+        async def take() -> None:
+            async for message in sub.messages():
+                seen.append(message.topic)
+                if message.topic.endswith("/end"):
+                    return
+
+        async with asyncio.timeout(10):
+            await take()
+        assert seen == [f"chequered/v2/burst/{i}" for i in range(count)] + [
+            "chequered/v2/burst/end"
+        ]
