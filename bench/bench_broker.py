@@ -4,10 +4,16 @@ A paho-mqtt publisher process and a paho-mqtt subscriber process move the
 given payloads through Mosquitto at QoS 1 as fast as they can; the time runs
 from the first publish to the last message received. The pipeline figures
 are held against this: nothing that processes the messages can beat it.
+
+Beside it, what receiving costs through the project's own bus
+(``broker.bus``, the projector's and the gateway's reader): the subscriber's
+CPU per message while a paho publisher sends QoS 1 messages at the pace of
+the target's load (``PACED_RATE`` a second, in bursts of ``PACED_BURST``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import socket
@@ -16,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.workload import figure, race_events
-from broker.bus import parse_url
+from broker.bus import connect, parse_url
 from broker.mosquitto import Mosquitto
 from chequered.contract import events as ev
 
@@ -27,6 +33,12 @@ TIMEOUT_S = 120.0
 BATCH_EVENTS = 100
 PUMP_EVERY = 32
 """Messages published between two turns of the publisher's network loop."""
+PACED_RATE = 6000
+"""Messages a second of the paced publisher: about the target's events a second."""
+PACED_BURST = 60
+"""Messages the paced publisher sends together (a producer's tick of many races)."""
+PACED_BYTES = 700
+"""Payload of each paced message: about a producer's batch of a race's events."""
 
 
 def paho_client(client_id: str) -> Any:
@@ -146,8 +158,62 @@ def raw_pubsub(url: str, payloads: list[bytes]) -> dict[str, float]:
     }
 
 
+def _paced_publisher(conn: Connection, host: str, port: int, count: int) -> None:
+    client = paho_client("bench-paced-pub")
+    connect_fast(client, host, port)
+    while not client.is_connected():
+        client.loop(0.01)
+    conn.recv()  # go
+    payload = b"x" * PACED_BYTES
+    started = time.monotonic()
+    sent = 0
+    while sent < count:
+        for _ in range(PACED_BURST):
+            client.publish(TOPIC, payload, qos=QOS)
+            sent += 1
+        client.loop(0)
+        time.sleep(max(0.0, started + sent / PACED_RATE - time.monotonic()))
+    linger = time.monotonic() + 1.0  # the last acknowledgements
+    while time.monotonic() < linger:
+        client.loop(0.01)
+    client.disconnect()
+
+
+async def _bus_receive(url: str, count: int) -> dict[str, float]:
+    address = parse_url(url)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    pub = ctx.Process(target=_paced_publisher, args=(child, address.host, address.port, count))
+    pub.start()
+    try:
+        async with connect(url, client_id="bench-bus-sub") as bus:
+            await bus.subscribe(TOPIC, qos=QOS)
+            parent.send("go")
+            received = 0
+            started = 0.0
+            async with asyncio.timeout(TIMEOUT_S):
+                async for _message in bus.messages():
+                    if not received:
+                        started = time.process_time()
+                    received += 1
+                    if received == count:
+                        break
+            cpu = time.process_time() - started
+    finally:
+        pub.join(TIMEOUT_S)
+        if pub.is_alive():
+            pub.kill()
+    return {"messages": received, "cpu_s": round(cpu, 6), "cpu_us": cpu / received * 1e6}
+
+
+def bus_receive(url: str, count: int, repeat: int) -> list[dict[str, float]]:
+    """The bus's subscriber CPU per message, ``repeat`` runs of ``count`` paced messages."""
+    return [asyncio.run(_bus_receive(url, count)) for _ in range(repeat)]
+
+
 def run(quick: bool = False) -> dict[str, Any]:
-    """Raw limit for a whole race, one event per message and in batches of 100."""
+    """Raw limit for a whole race, one event per message and in batches of 100; the bus's
+    receiving cost at the target's pace."""
     events = race_events()
     if quick:
         events = events[:5000]
@@ -159,12 +225,15 @@ def run(quick: bool = False) -> dict[str, Any]:
     with Mosquitto() as broker:
         one = raw_pubsub(broker.url, singles)
         many = raw_pubsub(broker.url, batched)
+        paced = bus_receive(broker.url, 6_000 if quick else 30_000, 1 if quick else 3)
     n = len(events)
+    receive_us = min(r["cpu_us"] for r in paced)
     return {
         "name": "broker",
         "events": n,
         "single": one,
         "batched": many,
+        "bus_receive": paced,
         "figures": [
             figure("raw MQTT QoS 1, one event per message", one["messages_per_s"], "messages/s"),
             figure(
@@ -172,6 +241,12 @@ def run(quick: bool = False) -> dict[str, Any]:
                 n / many["seconds"] if many["seconds"] else 0.0,
                 "events/s",
                 baselines={"one event per message": n / one["seconds"] if one["seconds"] else 0},
+            ),
+            figure(
+                f"bus subscriber CPU per QoS 1 message, {PACED_RATE:,}/s of {PACED_BYTES} B",
+                receive_us,
+                "us",
+                higher_is_better=False,
             ),
         ],
     }
