@@ -449,6 +449,9 @@ class ProcessWatch:
     cpu_end: float = 0.0
     peak_rss: int = 0
     last_cpu: float = 0.0
+    system_start: float = 0.0
+    last_system: float = 0.0
+    """System time (in the kernel on the process's behalf) within the CPU time."""
     _procs: list[psutil.Process] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -456,16 +459,22 @@ class ProcessWatch:
             with contextlib.suppress(psutil.Error):
                 self._procs.append(psutil.Process(pid))
 
-    def _cpu(self) -> float:
-        total = 0.0
+    def _times(self) -> tuple[float, float]:
+        """(CPU, of which system) seconds of the processes so far."""
+        total = system = 0.0
         for proc in self._procs:
             with contextlib.suppress(psutil.Error):
                 t = proc.cpu_times()
                 total += t.user + t.system
-        return total
+                system += t.system
+        return total, system
+
+    def _cpu(self) -> float:
+        return self._times()[0]
 
     def start(self) -> None:
-        self.cpu_start = self.last_cpu = self._cpu()
+        self.cpu_start, self.system_start = self._times()
+        self.last_cpu, self.last_system = self.cpu_start, self.system_start
 
     def sample(self) -> None:
         rss = 0
@@ -473,9 +482,9 @@ class ProcessWatch:
             with contextlib.suppress(psutil.Error):
                 rss += proc.memory_info().rss
         self.peak_rss = max(self.peak_rss, rss)
-        cpu = self._cpu()
+        cpu, system = self._times()
         if cpu:
-            self.last_cpu = cpu
+            self.last_cpu, self.last_system = cpu, system
 
     def end(self) -> None:
         self.sample()
@@ -486,6 +495,7 @@ class ProcessWatch:
         return {
             "pids": self.pids,
             "cpu_s": round(cpu, 3),
+            "cpu_system_s": round(max(0.0, self.last_system - self.system_start), 3),
             "cpu_percent": round(100 * cpu / window_s, 1) if window_s > 0 else 0.0,
             "peak_rss_mb": round(self.peak_rss / 2**20, 1),
         }
@@ -1363,6 +1373,13 @@ def build_report(
         "unit_cost_us": unit_costs(
             processes, produced=produced_in_run, folded=folded_in_run, frames=agg.messages
         ),
+        "unit_cost_system_us": unit_costs(
+            processes,
+            produced=produced_in_run,
+            folded=folded_in_run,
+            frames=agg.messages,
+            column="cpu_system_s",
+        ),
         "component_metrics": component_metrics,
         "timeseries": agg.series(),
         "per_client": client_rows(agg.clients),
@@ -1396,20 +1413,27 @@ def cpu_share(processes: Mapping[str, Any]) -> dict[str, float]:
 
 
 def unit_costs(
-    processes: Mapping[str, Any], *, produced: int, folded: int, frames: int
+    processes: Mapping[str, Any],
+    *,
+    produced: int,
+    folded: int,
+    frames: int,
+    column: str = "cpu_s",
 ) -> dict[str, float | None]:
     """CPU time (µs) per unit of each stage's work in this run: per event produced, per
     event folded, per websocket frame sent, per frame received, per event through the broker.
 
     The window is the same for all (from just before the resume to the end of the drain),
     so the figures add up to what the run cost; a stage that did nothing gets None.
+    ``column="cpu_system_s"``: the share of it spent in the kernel (system calls, and on
+    loopback the receiving side's TCP work, charged to the sender).
     """
 
     def per(name: str, count: int) -> float | None:
         p = processes.get(name)
-        if not isinstance(p, Mapping) or count <= 0:
+        if not isinstance(p, Mapping) or count <= 0 or column not in p:
             return None
-        return round(1e6 * float(p["cpu_s"]) / count, 2)
+        return round(1e6 * float(p[column]) / count, 2)
 
     return {
         "producer_per_event": per("producer", produced),
@@ -1521,6 +1545,10 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     if cost:
         shown = "  ".join(f"{k} {v:g}" for k, v in cost.items() if v is not None)
         lines.append(f"cpu/unit  {shown} (µs)")
+        system = report.get("unit_cost_system_us", {})
+        kernel = "  ".join(f"{k} {v:g}" for k, v in system.items() if v is not None)
+        if kernel:
+            lines.append(f"  kernel  {kernel} (µs of system time within those)")
     for race, truth in report.get("injected", {}).items():
         done = ", ".join(f"{k} {v}" for k, v in truth["injected"].items()) or "nothing"
         e = truth["expected"]

@@ -33,6 +33,12 @@ def test_unit_costs_divide_each_stage_by_its_own_work() -> None:
         "broker_per_event": 10.0,
     }
     assert run.unit_costs(procs, produced=0, folded=0, frames=0)["producer_per_event"] is None
+    # The kernel's share, from the system time of each process where it was measured.
+    procs["gateway"]["cpu_system_s"] = 0.4
+    system = run.unit_costs(
+        procs, produced=10_000, folded=10_000, frames=100_000, column="cpu_system_s"
+    )
+    assert system["gateway_per_frame"] == 4.0 and system["projector_per_event"] is None
 
 
 def _report(
