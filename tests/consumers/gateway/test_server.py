@@ -13,8 +13,7 @@ import socket
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -28,7 +27,8 @@ from broker.mosquitto import Mosquitto
 from chequered.contract import board, control, topics
 from consumers.gateway.core.requests import parse_request
 from consumers.gateway.core.session import Frame, Outbox, TokenBucket
-from consumers.gateway.server import Gateway, GatewaySettings
+from consumers.gateway.server import GatewaySettings
+from tests.support.gateway import running_gateway
 from tests.support.procs import parse_metrics
 
 WAIT_S = 10.0
@@ -169,22 +169,6 @@ async def publish_status(pub: bus.Bus, race: str, state: control.ProducerState, 
 
 
 # -- harness -----------------------------------------------------------------
-
-
-@asynccontextmanager
-async def running_gateway(
-    url: str, settings: GatewaySettings | None = None
-) -> AsyncIterator[tuple[Gateway, int]]:
-    gateway = Gateway(url, settings)
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(gateway.run(port=0, stop=stop, ready=ready))
-    port = await asyncio.wait_for(ready, WAIT_S)
-    try:
-        yield gateway, port
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, WAIT_S)
 
 
 async def until(predicate: Callable[[], bool], what: str) -> None:
